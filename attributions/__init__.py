@@ -1,0 +1,19 @@
+"""Explainers: ``method = SmoothGrad(model, ...)``, ``maps = method.explain(x, y)``."""
+
+from .base import BlackBoxExplainer, WhiteBoxExplainer
+from .cam import GradCAM
+from .fullgrad import FullGrad
+from .gradients import Saliency, SmoothGrad, SquareGrad, VarGrad
+from .occlusion import Occlusion
+
+__all__ = [
+    "BlackBoxExplainer",
+    "FullGrad",
+    "GradCAM",
+    "Occlusion",
+    "Saliency",
+    "SmoothGrad",
+    "SquareGrad",
+    "VarGrad",
+    "WhiteBoxExplainer",
+]

@@ -1,0 +1,124 @@
+"""Occlusion sensitivity."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from ..commons import validation
+from .base import BlackBoxExplainer
+
+
+def patch_starts(size: int, patch: int, stride: int) -> list[int]:
+    """Patch positions along one axis; the last patch is moved to the end so every
+    position is covered."""
+    if patch >= size:
+        return [0]
+    starts = list(range(0, size - patch + 1, stride))
+    if starts[-1] != size - patch:
+        starts.append(size - patch)
+    return starts
+
+
+class Occlusion(BlackBoxExplainer):
+    """Occlusion sensitivity: how much the score drops when a patch is hidden.
+
+    Zeiler & Fergus (2014), *Visualizing and Understanding Convolutional Networks*,
+    https://arxiv.org/abs/1311.2901
+
+    Parameters
+    ----------
+    model, batch_size, operator, jit_compile
+        As in :class:`~saliencekit.attributions.BlackBoxExplainer`.
+    patch_size : int or tuple of int, default 8
+        Patch extent along each spatial axis (height, width for images; time steps for
+        ``(N, T, C)`` series; features for ``(N, D)`` tables).
+    patch_stride : int, tuple of int or None, default None (= patch_size)
+        Step between patches. The last patch along an axis is moved to the edge, so every
+        position is covered.
+    occlusion_value : float, default 0.0
+        The value written into the patch (all channels).
+
+    Each position's value is the mean score drop over the patches covering it (so
+    overlapping patches do not inflate it). Maps are ``(N, H, W, 1)`` for images,
+    ``(N, T, 1)`` for series and ``(N, D)`` for tables. Each forward pass holds
+    ``batch_size`` occluded inputs (several patches of one input when there are fewer
+    inputs than ``batch_size``).
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        patch_size: int | tuple[int, ...] = 8,
+        patch_stride: int | tuple[int, ...] | None = None,
+        occlusion_value: float = 0.0,
+        *,
+        batch_size: int = 64,
+        operator: Any = None,
+        jit_compile: bool = False,
+    ):
+        self.patch_size = _check_patch("patch_size", patch_size)
+        self.patch_stride = None if patch_stride is None else _check_patch(
+            "patch_stride", patch_stride)
+        if isinstance(occlusion_value, bool) or not isinstance(occlusion_value, (int, float)):
+            raise validation.type_error("occlusion_value", "a number", repr(occlusion_value))
+        self.occlusion_value = float(occlusion_value)
+        super().__init__(model, batch_size=batch_size, operator=operator, jit_compile=jit_compile)
+
+    def _geometry(self, inputs):
+        """Static patch layout: spatial sizes, starts ``(P, S)``, coverage counts."""
+        rank = inputs.shape.rank
+        spatial = tuple(inputs.shape[1:-1]) if rank >= 3 else (inputs.shape[1],)
+        patch = validation.int_tuple("patch_size", self.patch_size, len(spatial))
+        stride = patch if self.patch_stride is None else validation.int_tuple(
+            "patch_stride", self.patch_stride, len(spatial))
+        per_axis = [patch_starts(s, p, st) for s, p, st in zip(spatial, patch, stride)]
+        starts = np.array(np.meshgrid(*per_axis, indexing="ij")).reshape(len(spatial), -1).T
+        coverage = np.zeros(spatial, np.float32)
+        for start in starts:
+            coverage[tuple(slice(a, a + p) for a, p in zip(start, patch))] += 1
+        return spatial, patch, starts, coverage
+
+    def _batch(self, inputs, targets, seeds):
+        batch = inputs.shape[0]
+        spatial, patch, starts, coverage = self._geometry(inputs)
+        has_channels = inputs.shape.rank >= 3
+        copies = max(1, min(len(starts), self.batch_size // batch))  # patches per pass
+        chunks = math.ceil(len(starts) / copies)
+        padded = np.full((chunks * copies, len(spatial)), -(10**9), np.int64)  # empty patches
+        padded[: len(starts)] = starts
+        padded = tf.constant(padded.reshape(chunks, copies, len(spatial)))
+
+        base = self._score(inputs, targets)  # (B,)
+        tiled_targets = None if targets is None else tf.reshape(
+            tf.tile(targets[None], [copies] + [1] * targets.shape.rank),
+            (copies * batch, *targets.shape[1:]))
+        total = tf.zeros((batch, *spatial))
+        for chunk in tf.range(chunks):
+            chunk_starts = padded[chunk]  # (copies, S)
+            masks = None
+            for axis, (size, extent) in enumerate(zip(spatial, patch)):
+                index = tf.range(size, dtype=tf.int64)[None]
+                start = chunk_starts[:, axis:axis + 1]
+                inside = tf.cast((index >= start) & (index < start + extent), tf.float32)
+                shape = [copies] + [1] * len(spatial)
+                shape[axis + 1] = size
+                inside = tf.reshape(inside, shape)
+                masks = inside if masks is None else masks * inside  # (copies, *spatial)
+            mask = masks[:, None, ..., None] if has_channels else masks[:, None]
+            occluded = inputs[None] * (1.0 - mask) + self.occlusion_value * mask
+            occluded = tf.reshape(occluded, (copies * batch, *inputs.shape[1:]))
+            scores = tf.reshape(self._score(occluded, tiled_targets), (copies, batch))
+            drops = base[None] - scores  # (copies, B)
+            total = total + tf.tensordot(drops, masks, axes=[[0], [0]])
+        return total / tf.constant(coverage)
+
+
+def _check_patch(argument: str, value):
+    if isinstance(value, (tuple, list)):
+        return tuple(validation.positive_int(argument, v) for v in value)
+    return validation.positive_int(argument, value)

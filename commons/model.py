@@ -1,0 +1,312 @@
+"""Model inspection: layers, nested models, rerouting, pre-activations and biases.
+
+Everything here works through Keras' public API. A model is never modified: the
+graphs built here *call* the user's layers (sharing their weights, which stay live if the
+model is trained further) and add new wrapper layers of their own; the one trace this
+leaves on a layer is an extra inbound node, as with ``keras.models.clone_model(model,
+clone_function=lambda layer: layer)``, Keras' documented way to share layers.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from . import validation
+
+
+@dataclass
+class Node:
+    """One call of a layer in a flattened graph."""
+
+    layer: keras.layers.Layer
+    path: str  # "outer/inner/layer" for layers of nested models
+    output: Any  # KerasTensor
+    pre_activation: Any = None  # KerasTensor, when the layer's activation was split off
+
+
+@dataclass
+class Graph:
+    """A model's graph with nested models inlined: every layer call, in call order."""
+
+    inputs: list
+    outputs: list
+    nodes: list[Node] = field(default_factory=list)
+
+    def model(self, extra: list | None = None, name: str | None = None) -> keras.Model:
+        """A functional model returning the outputs (then ``extra`` tensors, if any)."""
+        inputs = self.inputs[0] if len(self.inputs) == 1 else self.inputs
+        outputs = list(self.outputs) + list(extra or [])
+        return keras.Model(inputs, outputs[0] if len(outputs) == 1 else outputs, name=name)
+
+
+def has_graph(model: Any) -> bool:
+    """Functional and Sequential models have a graph to inspect; subclassed ones do not."""
+    return isinstance(model, (keras.Sequential, _functional_class()))
+
+
+@functools.cache
+def _functional_class() -> type:
+    # Keras exports no name for the class of functional models; it is the class of one.
+    inputs = keras.Input((1,))
+    return type(keras.Model(inputs, keras.layers.Identity()(inputs)))
+
+
+def sample_input_shape(model: Any) -> tuple | None:
+    """The model's input shape without the batch axis, where the model declares one."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    if not inputs or len(inputs) != 1:
+        return None
+    return tuple(inputs[0].shape[1:])
+
+
+class _WithoutActivation:
+    """A read-only view of a layer whose activation is the identity."""
+
+    activation = staticmethod(keras.activations.linear)
+
+    def __init__(self, layer):
+        object.__setattr__(self, "_layer", layer)
+
+    def __getattr__(self, name):
+        return getattr(self._layer, name)
+
+    def __setattr__(self, name, value):  # the view never writes to the user's layer
+        raise AttributeError(f"read-only view of layer {self._layer.name!r}")
+
+
+class PreActivation(keras.layers.Layer):
+    """The wrapped layer's output before its fused activation, with its weights shared.
+
+    ``Dense(activation="relu")`` computes ``relu(x @ W + b)``; this layer computes
+    ``x @ W + b`` by running the layer's own ``call`` on a view whose activation is the
+    identity, so any layer whose ``call`` ends in ``self.activation(...)`` is covered.
+    """
+
+    def __init__(self, layer: keras.layers.Layer):
+        super().__init__(name=f"{layer.name}_pre_activation", dtype=layer.dtype_policy)
+        self._wrapped = [layer]  # a list: not tracked as this layer's child
+
+    def call(self, *args, **kwargs):
+        layer = self._wrapped[0]
+        return type(layer).call(_WithoutActivation(layer), *args, **kwargs)
+
+
+def fused_activation(layer: keras.layers.Layer):
+    """The layer's fused activation, or None when it has none (or the identity)."""
+    activation = getattr(layer, "activation", None)
+    if activation is None or not callable(activation):
+        return None
+    if activation is keras.activations.linear or getattr(activation, "__name__", "") == "linear":
+        return None
+    if isinstance(layer, keras.layers.Activation) or isinstance(layer, keras.Model):
+        return None
+    return activation
+
+
+def flatten(model: Any, split_activations=None, argument: str = "model") -> Graph:
+    """Rebuild ``model`` as one functional graph with nested models inlined.
+
+    ``split_activations(layer) -> bool`` selects layers whose fused activation is split
+    off, so that their pre-activation is a tensor of the graph (``Node.pre_activation``).
+    Raises ``TypeError`` for a model without a graph (subclassed models).
+    """
+    if not has_graph(model):
+        raise validation.type_error(
+            argument,
+            "a functional or Sequential Keras model (this method needs the model's layers)",
+            f"{type(model).__name__} (a subclassed model, whose graph is its Python code)",
+            "Gradient and black-box methods (Saliency, SmoothGrad, Occlusion, ...) work on "
+            "any model.",
+        )
+    return _flatten(model, split_activations, prefix="")
+
+
+def _new_inputs(model) -> list:
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
+    if not inputs:
+        raise validation.value_error(
+            "model",
+            "a built model with a known input shape",
+            f"the unbuilt model {model.name!r}",
+            "Give it an Input layer or call it once on data.",
+        )
+    return [keras.Input(batch_shape=(None, *t.shape[1:]), dtype=t.dtype) for t in inputs]
+
+
+def _flatten(model, split_activations, prefix: str) -> Graph:
+    graph = Graph(inputs=_new_inputs(model), outputs=[])
+
+    def call_layer(layer, *args, **kwargs):
+        path = prefix + layer.name
+        if has_graph(layer):
+            inner = _flatten(layer, split_activations, prefix=path + "/")
+            inner_model = inner.model([n.output for n in inner.nodes] + [
+                n.pre_activation for n in inner.nodes if n.pre_activation is not None
+            ], name=layer.name)
+            results = inner_model(*args, **kwargs)
+            results = results if isinstance(results, (list, tuple)) else [results]
+            n_out, n_nodes = len(inner.outputs), len(inner.nodes)
+            outputs, node_outputs = results[:n_out], results[n_out:n_out + n_nodes]
+            pre = iter(results[n_out + n_nodes:])
+            for node, output in zip(inner.nodes, node_outputs):
+                graph.nodes.append(Node(
+                    node.layer, node.path, output,
+                    next(pre) if node.pre_activation is not None else None,
+                ))
+            # the nested model itself, as one node whose output is its output
+            graph.nodes.append(Node(layer, path, outputs[0]))
+            return outputs[0] if len(outputs) == 1 else list(outputs)
+        activation = fused_activation(layer)
+        if split_activations is not None and activation is not None and split_activations(layer):
+            pre_activation = PreActivation(layer)(*args, **kwargs)
+            output = keras.layers.Activation(activation, name=f"{layer.name}_activation")(
+                pre_activation
+            )
+            graph.nodes.append(Node(layer, path, output, pre_activation))
+            return output
+        output = layer(*args, **kwargs)
+        graph.nodes.append(Node(layer, path, output))
+        return output
+
+    if isinstance(model, keras.Sequential):
+        tensor = graph.inputs[0]
+        for layer in model.layers:
+            tensor = call_layer(layer, tensor)
+        graph.outputs = [tensor]
+    else:
+        clone = keras.models.clone_model(
+            model,
+            input_tensors=graph.inputs[0] if len(graph.inputs) == 1 else graph.inputs,
+            clone_function=lambda layer: layer,
+            call_function=call_layer,
+        )
+        graph.inputs = list(clone.inputs)
+        graph.outputs = list(clone.outputs)
+    return graph
+
+
+def find_node(graph: Graph, model: Any, layer: str | int, argument: str) -> Node:
+    """The node of ``layer``: a name (searched in nested models too, or a path
+    ``"outer/inner"``) or an index into ``model.layers``. A layer called several times
+    resolves to its last call."""
+    if isinstance(layer, bool) or not isinstance(layer, (str, int)):
+        raise validation.type_error(argument, "a layer name or an index", repr(layer))
+    if isinstance(layer, int):
+        layers = model.layers
+        if not -len(layers) <= layer < len(layers):
+            raise validation.value_error(
+                argument, f"an index in [{-len(layers)}, {len(layers)})", layer
+            )
+        target = layers[layer]
+        matches = [n for n in graph.nodes if n.layer is target]
+    else:
+        matches = [n for n in graph.nodes if n.path == layer or n.layer.name == layer]
+        layers = {id(n.layer) for n in matches}
+        if len(layers) > 1:
+            paths = sorted({n.path for n in matches})
+            raise validation.value_error(
+                argument, "a layer name that names one layer", repr(layer),
+                f"It names {len(layers)} layers; use one of the paths {paths}.",
+            )
+    if not matches:
+        raise validation.layer_not_found(
+            argument, str(layer), sorted({n.path for n in graph.nodes})
+        )
+    return matches[-1]
+
+
+def reroute(model: Any, output_layer: str | int | None) -> Any:
+    """``model`` itself, or a model from its input to ``output_layer``'s output."""
+    if output_layer is None:
+        return model
+    graph = flatten(model, argument="model (with output_layer)")
+    node = find_node(graph, model, output_layer, "output_layer")
+    return keras.Model(graph.inputs[0], node.output)
+
+
+def ends_in_softmax(model: Any) -> str | None:
+    """The name of the layer producing the output if it is a softmax, else None."""
+    if not has_graph(model):
+        return None
+    layer = model.layers[-1] if model.layers else None
+    while isinstance(layer, keras.Model) and has_graph(layer) and layer.layers:
+        layer = layer.layers[-1]
+    if layer is None:
+        return None
+    activation = getattr(layer, "activation", None)
+    if isinstance(layer, keras.layers.Softmax) or getattr(activation, "__name__", "") == "softmax":
+        return layer.name
+    return None
+
+
+def output_shape(model: Any, sample_shape: tuple) -> tuple:
+    """The model's output shape (batch axis first, as ``None``) for inputs of this shape."""
+    spec = model.compute_output_spec(keras.KerasTensor((None, *sample_shape), dtype="float32"))
+    if isinstance(spec, (list, tuple, dict)):
+        count = len(spec)
+        raise validation.value_error(
+            "model",
+            "a model with one output (choose one with output_layer=...)",
+            f"a model with {count} outputs",
+        )
+    return tuple(spec.shape)
+
+
+def implicit_bias(layer: keras.layers.Layer, rank: int) -> tf.Tensor | None:
+    """The bias a layer adds to its (pre-activation) output, shaped to broadcast to it.
+
+    Dense/convolution layers: their ``bias``. BatchNormalization in inference:
+    ``beta - gamma * moving_mean / sqrt(moving_variance + epsilon)``. Rescaling: its
+    ``offset``. Normalization: ``-mean / max(sqrt(variance), epsilon)``. Others: None.
+    """
+    if isinstance(layer, keras.layers.BatchNormalization):
+        scale = layer.gamma if layer.scale else 1.0
+        beta = layer.beta if layer.center else 0.0
+        std = tf.sqrt(tf.convert_to_tensor(layer.moving_variance) + layer.epsilon)
+        bias = beta - scale * tf.convert_to_tensor(layer.moving_mean) / std
+        return _along_axis(bias, layer.axis, rank)
+    if isinstance(layer, keras.layers.Rescaling):
+        offset = tf.convert_to_tensor(layer.offset, tf.float32)
+        return offset if bool(tf.reduce_any(offset != 0)) else None
+    if isinstance(layer, keras.layers.Normalization):
+        mean = tf.convert_to_tensor(layer.mean)
+        std = tf.maximum(tf.sqrt(tf.convert_to_tensor(layer.variance)), keras.backend.epsilon())
+        return mean if layer.invert else -mean / std
+    bias = getattr(layer, "bias", None)
+    if not getattr(layer, "use_bias", True) or bias is None:
+        return None
+    if not isinstance(bias, keras.Variable):
+        return None
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        return _along_axis(tf.convert_to_tensor(bias), 1, rank)
+    return tf.convert_to_tensor(bias)
+
+
+def _along_axis(vector, axis, rank):
+    axis = axis[0] if isinstance(axis, (list, tuple)) else axis
+    shape = [1] * rank
+    shape[axis] = -1
+    return tf.reshape(vector, shape)
+
+
+def has_implicit_bias(layer: keras.layers.Layer) -> bool:
+    if isinstance(layer, (keras.layers.BatchNormalization, keras.layers.Normalization)):
+        return True
+    if isinstance(layer, keras.layers.Rescaling):
+        return implicit_bias(layer, 1) is not None
+    if isinstance(layer, keras.Model):
+        return False
+    return isinstance(getattr(layer, "bias", None), keras.Variable) and getattr(
+        layer, "use_bias", True
+    )
