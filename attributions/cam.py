@@ -28,8 +28,7 @@ def find_conv_node(graph, model, conv_layer, argument: str = "conv_layer"):
     if conv_layer is None:
         spatial = [
             n for n in graph.nodes
-            if n.output.shape.rank is not None and n.output.shape.rank >= 3
-            and not isinstance(n.layer, keras.Model)
+            if len(n.output.shape) >= 3 and not isinstance(n.layer, keras.Model)
         ]
         if not spatial:
             raise validation.value_error(
@@ -38,7 +37,7 @@ def find_conv_node(graph, model, conv_layer, argument: str = "conv_layer"):
             )
         return spatial[-1]
     node = inspect_model.find_node(graph, model, conv_layer, argument)
-    if node.output.shape.rank is None or node.output.shape.rank < 3:
+    if len(node.output.shape) < 3:
         raise validation.value_error(
             argument, "a layer with a spatial output (N, H, W, C) or (N, T, C)",
             f"layer {node.path!r} with output shape {tuple(node.output.shape)}",

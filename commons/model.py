@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from . import validation
@@ -277,8 +278,8 @@ def implicit_bias(layer: keras.layers.Layer, rank: int) -> tf.Tensor | None:
         bias = beta - scale * tf.convert_to_tensor(layer.moving_mean) / std
         return _along_axis(bias, layer.axis, rank)
     if isinstance(layer, keras.layers.Rescaling):
-        offset = tf.convert_to_tensor(layer.offset, tf.float32)
-        return offset if bool(tf.reduce_any(offset != 0)) else None
+        offset = np.asarray(layer.offset, np.float32)  # a static value, not a variable
+        return tf.constant(offset) if np.any(offset != 0) else None
     if isinstance(layer, keras.layers.Normalization):
         mean = tf.convert_to_tensor(layer.mean)
         std = tf.maximum(tf.sqrt(tf.convert_to_tensor(layer.variance)), keras.backend.epsilon())
