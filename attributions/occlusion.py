@@ -14,8 +14,8 @@ from .base import BlackBoxExplainer
 
 
 def patch_starts(size: int, patch: int, stride: int) -> list[int]:
-    """Patch positions along one axis; the last patch is moved to the end so every
-    position is covered."""
+    """Patch positions along one axis. The last patch is moved to the edge, so with
+    ``stride <= patch`` every position is covered."""
     if patch >= size:
         return [0]
     starts = list(range(0, size - patch + 1, stride))
@@ -38,8 +38,9 @@ class Occlusion(BlackBoxExplainer):
         Patch extent along each spatial axis (height, width for images; time steps for
         ``(N, T, C)`` series; features for ``(N, D)`` tables).
     patch_stride : int, tuple of int or None, default None (= patch_size)
-        Step between patches. The last patch along an axis is moved to the edge, so every
-        position is covered.
+        Step between patches. The last patch along an axis is moved to the edge, so with
+        ``patch_stride <= patch_size`` every position is covered; positions in the gaps
+        left by a larger stride get 0.
     occlusion_value : float, default 0.0
         The value written into the patch (all channels).
 
@@ -115,7 +116,7 @@ class Occlusion(BlackBoxExplainer):
             scores = tf.reshape(self._score(occluded, tiled_targets), (copies, batch))
             drops = base[None] - scores  # (copies, B)
             total = total + tf.tensordot(drops, masks, axes=[[0], [0]])
-        return total / tf.constant(coverage)
+        return tf.math.divide_no_nan(total, tf.constant(coverage))
 
 
 def _check_patch(argument: str, value):

@@ -1,0 +1,99 @@
+"""Small real Keras models of every kind, and the explainers under test."""
+
+import keras
+import numpy as np
+
+IMAGE_SHAPE = (12, 12, 3)
+CLASSES = 4
+
+
+def small_cnn(seed=0, activation="relu"):
+    """Sequential CNN with a fused activation, batch norm, pooling and a dense head."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([
+        keras.Input(IMAGE_SHAPE),
+        keras.layers.Conv2D(6, 3, activation=activation, padding="same"),
+        keras.layers.BatchNormalization(),
+        keras.layers.Conv2D(8, 3, activation=activation, name="last_conv"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(CLASSES),
+    ])
+
+
+def functional_cnn(seed=1):
+    """Functional CNN with a residual add."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(IMAGE_SHAPE)
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu")(inputs)
+    y = keras.layers.Conv2D(6, 3, padding="same")(x)
+    y = keras.layers.BatchNormalization()(y)
+    x = keras.layers.ReLU()(keras.layers.Add()([x, y]))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(CLASSES)(x)
+    return keras.Model(inputs, outputs)
+
+
+class SubclassedCNN(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(6, 3, activation="relu")
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.dense = keras.layers.Dense(CLASSES)
+
+    def call(self, inputs, training=False):
+        return self.dense(self.pool(self.conv(inputs)))
+
+
+def subclassed_cnn(seed=2):
+    keras.utils.set_random_seed(seed)
+    model = SubclassedCNN()
+    model(np.zeros((1, *IMAGE_SHAPE), "float32"))
+    return model
+
+
+def nested_cnn(seed=3):
+    """Preprocessing + a functional backbone + a head, nested in a Sequential."""
+    keras.utils.set_random_seed(seed)
+    backbone_in = keras.Input(IMAGE_SHAPE)
+    h = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="bb_conv1")(backbone_in)
+    h = keras.layers.BatchNormalization(name="bb_bn")(h)
+    h = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="bb_conv2")(h)
+    backbone = keras.Model(backbone_in, h, name="backbone")
+    return keras.Sequential([
+        keras.Input(IMAGE_SHAPE),
+        keras.layers.Rescaling(2.0, offset=-1.0),
+        backbone,
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(CLASSES),
+    ])
+
+
+MODEL_FACTORIES = {
+    "sequential": small_cnn,
+    "functional": functional_cnn,
+    "subclassed": subclassed_cnn,
+    "nested": nested_cnn,
+}
+
+
+def explainer_factories():
+    """name -> callable(model, **overrides) building each explainer with small settings."""
+    from saliencekit.attributions import (
+        FullGrad, GradCAM, Occlusion, Saliency, SmoothGrad, SquareGrad, VarGrad,
+    )
+
+    noisy = {"nb_samples": 5, "noise": 0.1, "seed": 7}
+    return {
+        "Saliency": lambda m, **kw: Saliency(m, **kw),
+        "SmoothGrad": lambda m, **kw: SmoothGrad(m, **{**noisy, **kw}),
+        "SquareGrad": lambda m, **kw: SquareGrad(m, **{**noisy, **kw}),
+        "VarGrad": lambda m, **kw: VarGrad(m, **{**noisy, **kw}),
+        "GradCAM": lambda m, **kw: GradCAM(m, **kw),
+        "FullGrad": lambda m, **kw: FullGrad(m, **kw),
+        "Occlusion": lambda m, **kw: Occlusion(m, patch_size=4, patch_stride=3, **kw),
+    }
+
+
+EXPLAINERS = sorted(explainer_factories())
+GRAPH_ONLY = {"GradCAM", "FullGrad"}  # need a functional/Sequential model
