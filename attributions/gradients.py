@@ -34,6 +34,21 @@ class Saliency(WhiteBoxExplainer):
         return tf.abs(self._gradients(inputs, targets))
 
 
+def portable_normal(shape, key: tf.Tensor) -> tf.Tensor:
+    """Standard normal noise that is the same with and without XLA for a given key.
+
+    ``tf.random.stateless_normal`` gives different numbers under XLA than in TensorFlow's
+    own kernels, even with ``alg="philox"``, while the raw Philox bits agree; so the bits
+    are drawn and turned into normals here (Box-Muller, 24-bit uniforms in (0, 1)).
+    """
+    bits = tf.random.stateless_uniform(
+        (2, *shape), key, minval=None, maxval=None, dtype=tf.uint32, alg="philox"
+    )
+    uniform = (tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) + 0.5) * (2.0**-24)
+    radius = tf.sqrt(-2.0 * tf.math.log(uniform[0]))
+    return radius * tf.cos((2.0 * math.pi) * uniform[1])
+
+
 class _NoisyGradients(WhiteBoxExplainer):
     """Gradients at ``nb_samples`` noisy copies of each input, summarised online.
 
@@ -85,18 +100,17 @@ class _NoisyGradients(WhiteBoxExplainer):
         raise NotImplementedError
 
     def _batch(self, inputs, targets, seeds):
-        batch = inputs.shape[0]
+        # The batch axis may be dynamic (the kernel is traced with reduce_retracing).
+        batch = tf.shape(inputs, out_type=tf.int64)[0]
         sample_shape = inputs.shape[1:]
-        copies = max(1, min(self.nb_samples, self.batch_size // batch))  # samples per pass
-        chunks = math.ceil(self.nb_samples / copies)
+        copies = tf.clip_by_value(self.batch_size // batch, 1, self.nb_samples)  # per pass
+        chunks = (self.nb_samples + copies - 1) // copies
 
         def tile(tensor):  # (B, ...) -> (copies * B, ...), sample-major
             if tensor is None:
                 return None
-            return tf.reshape(
-                tf.tile(tensor[None], [copies] + [1] * tensor.shape.rank),
-                (copies * batch, *tensor.shape[1:]),
-            )
+            multiples = tf.concat([[copies], tf.ones([tensor.shape.rank], tf.int64)], 0)
+            return tf.reshape(tf.tile(tensor[None], multiples), (-1, *tensor.shape[1:]))
 
         axes = list(range(1, inputs.shape.rank))
         spread = tf.reduce_max(inputs, axes, keepdims=True) - tf.reduce_min(
@@ -107,30 +121,33 @@ class _NoisyGradients(WhiteBoxExplainer):
         t = tile(targets)
         rows = tile(seeds[:, 0])
         seed_base = tile(seeds[:, 1]) * MAX_SAMPLES
+        weight_shape = [-1] + [1] * (len(sample_shape) + 1)
 
         def chunk_stats(index):
             sample = index * copies + tf.range(copies, dtype=tf.int64)  # (copies,)
-            sample_ids = tf.reshape(tf.repeat(sample, batch), (-1,))
-            keys = tf.stack([rows, seed_base + sample_ids], axis=1)
+            keys = tf.stack([rows, seed_base + tf.repeat(sample, batch)], axis=1)
             noise = tf.map_fn(
-                lambda key: tf.random.stateless_normal(sample_shape, key),
+                lambda key: portable_normal(sample_shape, key),
                 keys,
                 fn_output_signature=tf.float32,
             )
             values = self._per_sample(self._gradients(x + sigma * noise, t))
             values = tf.reshape(values, (copies, batch, *sample_shape))
-            weight = tf.cast(sample < self.nb_samples, tf.float32)
-            weight = tf.reshape(weight, [copies] + [1] * (len(sample_shape) + 1))
+            weight = tf.reshape(tf.cast(sample < self.nb_samples, tf.float32), weight_shape)
             n = tf.reduce_sum(weight)
-            mean = tf.reduce_sum(values * weight, 0) / n
-            m2 = tf.reduce_sum(weight * tf.square(values - mean), 0) if self._needs_m2 else None
+            mean = tf.ensure_shape(tf.reduce_sum(values * weight, 0) / n, inputs.shape)
+            m2 = None
+            if self._needs_m2:
+                m2 = tf.ensure_shape(
+                    tf.reduce_sum(weight * tf.square(values - mean), 0), inputs.shape
+                )
             return n, mean, m2
 
         # Chan et al.'s parallel update, starting from an empty summary; one loop, so the
         # model appears once in the graph.
         count = tf.constant(0.0)
-        mean = tf.zeros((batch, *sample_shape))
-        m2 = tf.zeros((batch, *sample_shape))
+        mean = tf.zeros_like(inputs)
+        m2 = tf.zeros_like(inputs)
         for index in tf.range(chunks, dtype=tf.int64):
             n, chunk_mean, chunk_m2 = chunk_stats(index)
             total = count + n

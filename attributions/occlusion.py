@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import keras
@@ -85,20 +84,24 @@ class Occlusion(BlackBoxExplainer):
         return spatial, patch, starts, coverage
 
     def _batch(self, inputs, targets, seeds):
-        batch = inputs.shape[0]
+        # The batch axis may be dynamic (the kernel is traced with reduce_retracing).
+        batch = tf.shape(inputs)[0]
         spatial, patch, starts, coverage = self._geometry(inputs)
         has_channels = inputs.shape.rank >= 3
-        copies = max(1, min(len(starts), self.batch_size // batch))  # patches per pass
-        chunks = math.ceil(len(starts) / copies)
-        padded = np.full((chunks * copies, len(spatial)), -(10**9), np.int64)  # empty patches
-        padded[: len(starts)] = starts
-        padded = tf.constant(padded.reshape(chunks, copies, len(spatial)))
+        copies = tf.clip_by_value(self.batch_size // batch, 1, len(starts))  # patches per pass
+        chunks = (len(starts) + copies - 1) // copies
+        padded = tf.pad(  # empty patches (far outside) fill the last chunk
+            tf.constant(starts, tf.int64), [[0, chunks * copies - len(starts)], [0, 0]],
+            constant_values=-(10**9),
+        )
+        padded = tf.reshape(padded, (chunks, copies, len(spatial)))
 
         base = self._score(inputs, targets)  # (B,)
-        tiled_targets = None if targets is None else tf.reshape(
-            tf.tile(targets[None], [copies] + [1] * targets.shape.rank),
-            (copies * batch, *targets.shape[1:]))
-        total = tf.zeros((batch, *spatial))
+        tiled_targets = None
+        if targets is not None:
+            multiples = tf.concat([[copies], tf.ones([targets.shape.rank], tf.int32)], 0)
+            tiled_targets = tf.reshape(tf.tile(targets[None], multiples), (-1, *targets.shape[1:]))
+        total = tf.zeros_like(inputs[..., 0] if has_channels else inputs)  # (B, *spatial)
         for chunk in tf.range(chunks):
             chunk_starts = padded[chunk]  # (copies, S)
             masks = None
@@ -106,16 +109,16 @@ class Occlusion(BlackBoxExplainer):
                 index = tf.range(size, dtype=tf.int64)[None]
                 start = chunk_starts[:, axis:axis + 1]
                 inside = tf.cast((index >= start) & (index < start + extent), tf.float32)
-                shape = [copies] + [1] * len(spatial)
+                shape = [-1] + [1] * len(spatial)
                 shape[axis + 1] = size
                 inside = tf.reshape(inside, shape)
                 masks = inside if masks is None else masks * inside  # (copies, *spatial)
             mask = masks[:, None, ..., None] if has_channels else masks[:, None]
             occluded = inputs[None] * (1.0 - mask) + self.occlusion_value * mask
-            occluded = tf.reshape(occluded, (copies * batch, *inputs.shape[1:]))
+            occluded = tf.reshape(occluded, (-1, *inputs.shape[1:]))
             scores = tf.reshape(self._score(occluded, tiled_targets), (copies, batch))
             drops = base[None] - scores  # (copies, B)
-            total = total + tf.tensordot(drops, masks, axes=[[0], [0]])
+            total = total + tf.ensure_shape(tf.tensordot(drops, masks, axes=[[0], [0]]), total.shape)
         return tf.math.divide_no_nan(total, tf.constant(coverage))
 
 

@@ -288,3 +288,14 @@ def test_occlusion_gaps_between_patches_are_zero_not_nan():
         np.ones((1, 7), "float32")).numpy()
     assert np.isfinite(maps).all()
     np.testing.assert_array_equal(maps[0, [1, 2, 4, 5]], 0.0)
+
+
+def test_portable_normal_is_standard_normal_and_backend_independent():
+    from saliencekit.attributions.gradients import portable_normal
+
+    key = tf.constant([4, 2], tf.int64)
+    eager = portable_normal((20000,), key).numpy()
+    assert abs(eager.mean()) < 0.03 and abs(eager.std() - 1) < 0.03
+    assert abs(np.mean(eager**3)) < 0.1 and abs(np.mean(eager**4) - 3) < 0.2  # Gaussian moments
+    xla = tf.function(lambda k: portable_normal((20000,), k), jit_compile=True)(key).numpy()
+    np.testing.assert_allclose(xla, eager, rtol=1e-5, atol=1e-5)
