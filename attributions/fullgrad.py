@@ -41,7 +41,9 @@ class FullGrad(WhiteBoxExplainer):
     Normalization's ``-mean / std`` count as biases. For a piecewise-linear network they
     add up to the explained score (completeness). The map is ``psi(input term)`` plus
     ``psi`` of every bias term that has the input's rank (spatial terms), reduced over
-    channels and resized to the input, with ``psi`` = abs then min-max per input.
+    channels and resized to the input, with ``psi`` = abs then min-max per input. Maps are
+    ``(N, H, W, 1)`` for images, ``(N, T, 1)`` for series and ``(N, D)`` for tables (the
+    input term alone: dense layers' terms have no input positions).
 
     Needs a functional or Sequential model (nested models are fine).
 
@@ -115,9 +117,8 @@ class FullGrad(WhiteBoxExplainer):
 
         def term_map(term):
             term = fullgrad_postprocess(term)
-            if rank >= 4:
+            if rank >= 3:  # terms have different channel counts: reduce before summing
                 term = postprocess.reduce_channels(term, self._reducer)
-            if rank >= 3:
                 term = postprocess.resize_spatial(term, tuple(inputs.shape[1:-1]))
             return term
 

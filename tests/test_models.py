@@ -1,0 +1,150 @@
+"""Every explainer on every kind of model people have."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from saliencekit.attributions import FullGrad, GradCAM, Occlusion, Saliency, SmoothGrad
+
+from helpers import EXPLAINERS, GRAPH_ONLY, explainer_factories
+
+FACTORIES = explainer_factories()
+
+
+@pytest.mark.parametrize("name", EXPLAINERS)
+def test_every_explainer_on_every_model_kind(name, any_model, images, labels):
+    kind, model = any_model
+    if kind == "subclassed" and name in GRAPH_ONLY:
+        with pytest.raises(TypeError, match="model: expected a functional or Sequential"):
+            FACTORIES[name](model)
+        return
+    maps = FACTORIES[name](model, batch_size=4).explain(images, labels).numpy()
+    assert maps.shape == (*images.shape[:3], 1)
+    assert np.isfinite(maps).all()
+    assert np.abs(maps).sum() > 0
+
+
+def mobilenet_classifier():
+    keras.utils.set_random_seed(0)
+    backbone = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), include_top=False, weights=None, alpha=0.35
+    )
+    return keras.Sequential([
+        keras.Input((32, 32, 3)),
+        keras.layers.Rescaling(1 / 127.5, offset=-1),
+        backbone,
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3, name="head"),
+    ])
+
+
+def test_keras_applications_backbone_nested_in_a_sequential():
+    model = mobilenet_classifier()
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    labels = [0, 2]
+    cam = GradCAM(model)
+    assert cam.conv_layer_name.endswith("/out_relu")
+    maps = cam(images, labels).numpy()
+    assert maps.shape == (2, 32, 32, 1) and np.isfinite(maps).all()
+    inner = GradCAM(model, conv_layer="block_3_expand")  # a layer inside the backbone
+    assert inner.conv_layer_name.endswith("/block_3_expand")
+    assert not np.allclose(inner(images, labels).numpy(), maps, rtol=1e-3, atol=0)
+    by_index = GradCAM(model, conv_layer=1)  # model.layers[1] is the backbone itself
+    np.testing.assert_allclose(by_index(images, labels).numpy(), maps, rtol=1e-5, atol=1e-8)
+    fullgrad = FullGrad(model)
+    assert sum(path.endswith("_BN") for path in fullgrad.bias_layers) > 10
+    assert np.isfinite(fullgrad(images, labels).numpy()).all()
+    assert np.isfinite(SmoothGrad(model, nb_samples=2, seed=0)(images, labels).numpy()).all()
+
+
+def test_keras_applications_resnet_functional():
+    keras.utils.set_random_seed(0)
+    model = keras.applications.ResNet50(weights=None, input_shape=(32, 32, 3), classes=5)
+    images = np.random.default_rng(0).random((1, 32, 32, 3)).astype("float32")
+    with pytest.warns(UserWarning, match="softmax"):  # ResNet50's head is a fused softmax
+        cam = GradCAM(model)
+    assert cam.conv_layer_name == "conv5_block3_out"
+    assert np.isfinite(cam(images, [3]).numpy()).all()
+    with pytest.warns(UserWarning, match="softmax"):
+        input_term, bias_terms = FullGrad(model).raw_terms(images, [3])
+    assert len(bias_terms) == 53 + 53 + 1  # every conv (53), every batch norm (53), the head
+
+
+def test_time_series_and_tabular_inputs():
+    keras.utils.set_random_seed(0)
+    series = keras.Sequential([
+        keras.Input((20, 2)),
+        keras.layers.Conv1D(4, 3, activation="relu"),
+        keras.layers.GlobalAveragePooling1D(),
+        keras.layers.Dense(3),
+    ])
+    x = np.random.default_rng(0).random((5, 20, 2)).astype("float32")
+    for name in EXPLAINERS:
+        maps = FACTORIES[name](series).explain(x, [0, 1, 2, 0, 1]).numpy()
+        channels = 1 if name in ("GradCAM", "Occlusion", "FullGrad") else 2
+        assert maps.shape == (5, 20, channels), name
+        assert np.isfinite(maps).all()
+    table = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
+                              keras.layers.Dense(2)])
+    rows = np.random.default_rng(1).random((4, 6)).astype("float32")
+    for name in set(EXPLAINERS) - {"GradCAM"}:
+        maps = FACTORIES[name](table).explain(rows, [0, 1, 1, 0]).numpy()
+        assert maps.shape == (4, 6), name
+    with pytest.raises(ValueError, match="spatial output"):
+        GradCAM(table)
+
+
+def test_a_model_loaded_from_a_keras_file(tmp_path, images, labels):
+    from helpers import functional_cnn
+
+    model = functional_cnn()
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    for name in EXPLAINERS:
+        np.testing.assert_allclose(
+            FACTORIES[name](loaded)(images, labels).numpy(),
+            FACTORIES[name](model)(images, labels).numpy(), rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_a_lazily_built_sequential_with_a_fixed_batch_in_its_input():
+    model = keras.Sequential([keras.layers.Conv2D(3, 3), keras.layers.Flatten(),
+                              keras.layers.Dense(2)])
+    model(np.zeros((1, 8, 8, 1), "float32"))  # built on a batch of one
+    images = np.random.default_rng(0).random((5, 8, 8, 1)).astype("float32")
+    for method in (GradCAM, FullGrad, Saliency, Occlusion):
+        assert method(model)(images, [0, 1, 0, 1, 0]).shape == (5, 8, 8, 1)
+
+
+def test_a_model_with_frozen_weights():
+    model = mobilenet_classifier()
+    model.trainable = False
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    for method in (GradCAM, Saliency, FullGrad):
+        assert np.abs(method(model)(images, [0, 1]).numpy()).sum() > 0, method.__name__
+
+
+def test_a_multi_output_model_needs_an_output_layer():
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(3, name="a")(inputs)
+    model = keras.Model(inputs, [hidden, keras.layers.Dense(2, name="b")(hidden)])
+    x = np.ones((2, 4), "float32")
+    with pytest.raises(ValueError, match="one output"):
+        Saliency(model)(x, [0, 1])
+    assert Saliency(model, output_layer="b")(x, [0, 1]).shape == (2, 4)
+
+
+def test_dataset_with_unknown_spatial_shape_and_cardinality():
+    from helpers import small_cnn
+
+    model = small_cnn()
+    images = np.random.default_rng(0).random((9, 12, 12, 3)).astype("float32")
+    labels = np.arange(9) % 4
+    dataset = tf.data.Dataset.from_generator(
+        lambda: iter([(images[i:i + 2], labels[i:i + 2]) for i in range(0, 9, 2)]),
+        output_signature=(tf.TensorSpec((None, None, None, 3)), tf.TensorSpec((None,), tf.int64)),
+    )
+    explainer = Saliency(model, batch_size=4)
+    np.testing.assert_allclose(explainer(dataset).numpy(), explainer(images, labels).numpy(),
+                               rtol=1e-6)
