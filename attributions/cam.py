@@ -24,22 +24,25 @@ def weighted_activations(activations: tf.Tensor, weights: tf.Tensor) -> tf.Tenso
 
 
 def find_conv_node(graph, model, conv_layer, argument: str = "conv_layer"):
-    """The node of ``conv_layer``, or of the last layer with a spatial output."""
+    """The node of ``conv_layer``, or of the last layer with a spatial output: an output
+    of the input's rank (``(N, H, W, C)`` for images, ``(N, T, C)`` for series)."""
+    rank = len(graph.inputs[0].shape)
+    expected = "a layer with a spatial output " + (
+        "(N, H, W, C)" if rank == 4 else "(N, T, C)" if rank == 3 else f"of rank {rank}")
     if conv_layer is None:
         spatial = [
             n for n in graph.nodes
-            if len(n.output.shape) >= 3 and not isinstance(n.layer, keras.Model)
+            if len(n.output.shape) == rank >= 3 and not isinstance(n.layer, keras.Model)
         ]
         if not spatial:
             raise validation.value_error(
-                "model", "a model with a layer of spatial output (N, H, W, C) or (N, T, C)",
-                "none: every layer's output is flat",
+                "model", f"a model with {expected}", "none: no layer's output is spatial"
             )
         return spatial[-1]
     node = inspect_model.find_node(graph, model, conv_layer, argument)
-    if len(node.output.shape) < 3:
+    if len(node.output.shape) != rank or rank < 3:
         raise validation.value_error(
-            argument, "a layer with a spatial output (N, H, W, C) or (N, T, C)",
+            argument, expected,
             f"layer {node.path!r} with output shape {tuple(node.output.shape)}",
         )
     return node

@@ -71,7 +71,11 @@ def _to_tensor(argument: str, value: Any) -> tf.Tensor:
     return tensor
 
 
-def _check_sample_shape(sample_shape: tuple, model_shape: tuple | None, given: tuple) -> None:
+def _shape_text(shape) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+
+
+def _check_sample_shape(sample_shape: tuple, model_shape: tuple | None, given: str) -> None:
     if model_shape is None:
         return
     expected = f"inputs of shape (N, {', '.join(str(d) for d in model_shape)})"
@@ -109,10 +113,23 @@ def _expected_targets(rules: TargetRules, output_shape: tuple) -> str:
     return " or ".join(shapes)
 
 
+def to_output_rank(targets: tf.Tensor, rules: TargetRules | None, output_shape: tuple):
+    """``(N, C)`` -> ``(N, 1, ..., 1, C)`` where the task asks for the output's rank."""
+    if rules is None or not rules.to_output_rank or targets.shape.rank >= len(output_shape):
+        return targets
+    ones = [1] * (len(output_shape) - targets.shape.rank)
+    return tf.reshape(targets, [-1, *ones, targets.shape[-1]])
+
+
 def encode_targets(
     targets: Any, count: int, rules: TargetRules | None, output_shape: tuple
 ) -> tf.Tensor:
     """Check in-memory targets against the inputs and the model's output; one-hot ids."""
+    return to_output_rank(_encode_targets(targets, count, rules, output_shape), rules,
+                          output_shape)
+
+
+def _encode_targets(targets, count, rules, output_shape):
     tensor = _to_tensor("targets", targets)
     if tensor.shape.rank == 0 or tensor.shape[0] != count:
         raise validation.value_error(
@@ -207,7 +224,7 @@ def from_arrays(
     if count == 0:
         raise validation.value_error("inputs", "at least one input", "an empty batch")
     sample_shape = tuple(tensor.shape[1:])
-    _check_sample_shape(sample_shape, model_input_shape, tuple(tensor.shape))
+    _check_sample_shape(sample_shape, model_input_shape, _shape_text(tensor.shape))
     tensor = tf.cast(tensor, tf.float32)
     if not bool(tf.reduce_all(tf.math.is_finite(tensor))):
         validation.finite_array("inputs", tensor.numpy())
@@ -263,7 +280,8 @@ def from_dataset(
             validation._describe(targets),
         )
     _check_dtype("inputs", x_spec.dtype)
-    if x_spec.shape.rank is None or x_spec.shape.rank < 2:
+    unbatched = model_input_shape is not None and x_spec.shape.rank == len(model_input_shape)
+    if x_spec.shape.rank is None or x_spec.shape.rank < 2 or unbatched:
         raise validation.value_error(
             "inputs", "a batched Dataset (elements of shape (batch, ...), as model.predict takes)",
             f"elements of shape {tuple(x_spec.shape) if x_spec.shape.rank is not None else '(unknown rank)'}",
@@ -272,7 +290,9 @@ def from_dataset(
     sample_shape = tuple(x_spec.shape[1:])
     if model_input_shape is not None and len(model_input_shape) == len(sample_shape):
         sample_shape = tuple(s if s is not None else m for s, m in zip(sample_shape, model_input_shape))
-    _check_sample_shape(sample_shape, model_input_shape, ("batch", *x_spec.shape[1:]))
+    _check_sample_shape(
+        sample_shape, model_input_shape, "(batch, " + _shape_text(x_spec.shape[1:])[1:]
+    )
     if any(d is None for d in sample_shape):
         first = next(iter(dataset.take(1)))
         first = first if isinstance(first, tf.Tensor) else first[0]
@@ -282,7 +302,12 @@ def from_dataset(
         check_none_targets(rules, out_shape)
     else:
         _check_dtype("targets", y_spec.dtype)
-    encode = _dataset_target_encoder(y_spec, rules, out_shape) if y_spec is not None else None
+    encode = None
+    if y_spec is not None:
+        encoder = _dataset_target_encoder(y_spec, rules, out_shape)
+
+        def encode(y):
+            return to_output_rank(encoder(y), rules, out_shape)
 
     def select(*element):
         if len(element) == 1 and isinstance(element[0], tuple):

@@ -129,6 +129,9 @@ class TargetRules:
     float_ranks: tuple[str, ...]
     if_none: str
     nonzero_rows: bool = True
+    #: reshape ``(N, C)`` targets to ``(N, 1, ..., 1, C)``, the output's rank, so that the
+    #: kernel always sees targets of one rank
+    to_output_rank: bool = False
 
 
 #: Built-in operators' target rules; a user's callable gets ``None`` (targets are passed
@@ -137,7 +140,8 @@ TARGET_RULES: dict[Operator, TargetRules] = {
     classification: TargetRules(ids_ranks=("1",), float_ranks=("2",), if_none="predicted"),
     regression: TargetRules(ids_ranks=("1",), float_ranks=("2",), if_none="single output"),
     semantic_segmentation: TargetRules(
-        ids_ranks=("1", "output-1"), float_ranks=("2", "output"), if_none="predicted"
+        ids_ranks=("1", "output-1"), float_ranks=("2", "output"), if_none="predicted",
+        to_output_rank=True,
     ),
     object_detection: TargetRules(ids_ranks=(), float_ranks=("2", "3"), if_none="required"),
 }
