@@ -118,7 +118,8 @@ class Occlusion(BlackBoxExplainer):
             occluded = tf.reshape(occluded, (-1, *inputs.shape[1:]))
             scores = tf.reshape(self._score(occluded, tiled_targets), (copies, batch))
             drops = base[None] - scores  # (copies, B)
-            total = total + tf.ensure_shape(tf.tensordot(drops, masks, axes=[[0], [0]]), total.shape)
+            spread = tf.tensordot(drops, masks, axes=[[0], [0]])  # (B, *spatial)
+            total = total + tf.ensure_shape(spread, total.shape)
         return tf.math.divide_no_nan(total, tf.constant(coverage))
 
 

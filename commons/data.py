@@ -101,11 +101,12 @@ def _expected_targets(rules: TargetRules, output_shape: tuple) -> str:
     shapes = []
     for spec in rules.ids_ranks:
         r = _resolve_rank(spec, rank)
-        shapes.append(f"class ids of shape (N{', ' + ', '.join(map(str, output_shape[1:r])) if r > 1 else ''})")
+        shapes.append(f"class ids of shape (N{''.join(f', {d}' for d in output_shape[1:r])})")
     for spec in rules.float_ranks:
         r = _resolve_rank(spec, rank)
         if r == rank:
-            shapes.append(f"a float mask of the output's shape (N, {', '.join(map(str, output_shape[1:]))})")
+            shapes.append("a float mask of the output's shape (N, "
+                          + ", ".join(map(str, output_shape[1:])) + ")")
         elif r == 2:
             shapes.append(f"one-hot or weights of shape (N, {width})")
         else:
@@ -180,7 +181,8 @@ def _encode_targets(targets, count, rules, output_shape):
 def _check_spatial(given, expected_shape, expected: str) -> None:
     for g, e in zip(given, expected_shape):
         if e is not None and g is not None and g != e:
-            raise validation.value_error("targets", expected, f"shape (N, {', '.join(map(str, given))})")
+            raise validation.value_error("targets", expected, "shape (N, "
+                                         + ", ".join(map(str, given)) + ")")
 
 
 def check_none_targets(rules: TargetRules | None, output_shape: tuple) -> None:
@@ -284,12 +286,15 @@ def from_dataset(
     if x_spec.shape.rank is None or x_spec.shape.rank < 2 or unbatched:
         raise validation.value_error(
             "inputs", "a batched Dataset (elements of shape (batch, ...), as model.predict takes)",
-            f"elements of shape {tuple(x_spec.shape) if x_spec.shape.rank is not None else '(unknown rank)'}",
+            "elements of shape "
+            + (_shape_text(x_spec.shape) if x_spec.shape.rank is not None else "(unknown rank)"),
             "Call .batch(n) on it.",
         )
     sample_shape = tuple(x_spec.shape[1:])
     if model_input_shape is not None and len(model_input_shape) == len(sample_shape):
-        sample_shape = tuple(s if s is not None else m for s, m in zip(sample_shape, model_input_shape))
+        sample_shape = tuple(
+            s if s is not None else m for s, m in zip(sample_shape, model_input_shape)
+        )
     _check_sample_shape(
         sample_shape, model_input_shape, "(batch, " + _shape_text(x_spec.shape[1:])[1:]
     )
@@ -358,7 +363,8 @@ def _dataset_target_encoder(y_spec, rules: TargetRules | None, output_shape: tup
             checks = [
                 tf.debugging.assert_equal(
                     tf.cast(ids, y.dtype), y,
-                    message=PIPELINE_CHECK + validation.message("targets", expected, "non-integer ids")),
+                    message=PIPELINE_CHECK
+                    + validation.message("targets", expected, "non-integer ids")),
                 tf.debugging.assert_greater_equal(
                     ids, tf.constant(0, tf.int64),
                     message=PIPELINE_CHECK + validation.message(
@@ -384,7 +390,9 @@ def _dataset_target_encoder(y_spec, rules: TargetRules | None, output_shape: tup
             with tf.control_dependencies([check]):
                 return tf.identity(y)
         return encode
-    raise validation.value_error("targets", expected, f"Dataset targets of shape {tuple(y_spec.shape)}")
+    raise validation.value_error(
+        "targets", expected, f"Dataset targets of shape {_shape_text(y_spec.shape)}"
+    )
 
 
 def batches(inputs: Any, targets: Any, **kwargs) -> Batches:

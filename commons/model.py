@@ -107,7 +107,7 @@ def fused_activation(layer: keras.layers.Layer):
         return None
     if activation is keras.activations.linear or getattr(activation, "__name__", "") == "linear":
         return None
-    if isinstance(layer, keras.layers.Activation) or isinstance(layer, keras.Model):
+    if isinstance(layer, (keras.layers.Activation, keras.Model)):
         return None
     return activation
 

@@ -4,9 +4,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from hypothesis import HealthCheck, settings  # noqa: E402
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
 
 # A quick default profile; SALIENCEKIT_PROFILE=thorough for a longer search.
 settings.register_profile(
@@ -19,7 +19,7 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("SALIENCEKIT_PROFILE", "quick"))
 
-from helpers import IMAGE_SHAPE, MODEL_FACTORIES  # noqa: E402
+from helpers import IMAGE_SHAPE, MODEL_FACTORIES
 
 
 @pytest.fixture(params=sorted(MODEL_FACTORIES))

@@ -80,7 +80,13 @@ MODEL_FACTORIES = {
 def explainer_factories():
     """name -> callable(model, **overrides) building each explainer with small settings."""
     from saliencekit.attributions import (
-        FullGrad, GradCAM, Occlusion, Saliency, SmoothGrad, SquareGrad, VarGrad,
+        FullGrad,
+        GradCAM,
+        Occlusion,
+        Saliency,
+        SmoothGrad,
+        SquareGrad,
+        VarGrad,
     )
 
     noisy = {"nb_samples": 5, "noise": 0.1, "seed": 7}

@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from saliencekit.attributions import (
-    FullGrad, GradCAM, Occlusion, Saliency, SmoothGrad, VarGrad,
-)
-
 from helpers import small_cnn, subclassed_cnn
+from saliencekit.attributions import (
+    FullGrad,
+    GradCAM,
+    Occlusion,
+    Saliency,
+    SmoothGrad,
+    VarGrad,
+)
 
 X = np.random.default_rng(0).random((4, 12, 12, 3)).astype("float32")
 Y = np.array([0, 1, 2, 3])

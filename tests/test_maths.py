@@ -7,14 +7,19 @@ import tensorflow as tf
 from hypothesis import given
 from hypothesis import strategies as st
 
+from helpers import small_cnn
 from saliencekit.attributions import (
-    FullGrad, GradCAM, Occlusion, Saliency, SmoothGrad, SquareGrad, VarGrad,
+    FullGrad,
+    GradCAM,
+    Occlusion,
+    Saliency,
+    SmoothGrad,
+    SquareGrad,
+    VarGrad,
 )
 from saliencekit.attributions.cam import gradcam_weights, weighted_activations
 from saliencekit.attributions.fullgrad import fullgrad_postprocess
 from saliencekit.attributions.occlusion import patch_starts
-
-from helpers import small_cnn
 
 
 def linear_model(weights, bias=None):
@@ -118,7 +123,8 @@ def random_relu_network(draw, rng):
             x = keras.layers.Add()([x, y])
         if draw(st.booleans()) and x.shape[1] >= 4:
             x = keras.layers.MaxPooling2D()(x)
-    x = keras.layers.Flatten()(x) if draw(st.booleans()) else keras.layers.GlobalAveragePooling2D()(x)
+    pool = keras.layers.Flatten() if draw(st.booleans()) else keras.layers.GlobalAveragePooling2D()
+    x = pool(x)
     x = keras.layers.Dense(draw(st.integers(2, 6)), activation="relu",
                            bias_initializer="random_normal")(x)
     outputs = keras.layers.Dense(3, bias_initializer="random_normal")(x)
@@ -275,7 +281,7 @@ def test_patches_cover_every_position_when_they_touch(size, patch, stride):
     starts = patch_starts(size, patch, stride)
     covered = np.zeros(size, bool)
     for start in starts:
-        assert 0 <= start and (start + patch <= size or start == 0)
+        assert start >= 0 and (start + patch <= size or start == 0)
         covered[start:start + patch] = True
     assert covered[0] and covered[-1]
     assert covered.all() or stride > patch

@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from saliencekit.attributions import FullGrad, GradCAM, Occlusion, Saliency, SmoothGrad
-
 from helpers import EXPLAINERS, GRAPH_ONLY, explainer_factories
+from saliencekit.attributions import FullGrad, GradCAM, Occlusion, Saliency, SmoothGrad
 
 FACTORIES = explainer_factories()
 
@@ -67,7 +66,7 @@ def test_keras_applications_resnet_functional():
     assert cam.conv_layer_name == "conv5_block3_out"
     assert np.isfinite(cam(images, [3]).numpy()).all()
     with pytest.warns(UserWarning, match="softmax"):
-        input_term, bias_terms = FullGrad(model).raw_terms(images, [3])
+        _, bias_terms = FullGrad(model).raw_terms(images, [3])
     assert len(bias_terms) == 53 + 53 + 1  # every conv (53), every batch norm (53), the head
 
 
