@@ -1,0 +1,329 @@
+"""Speed and memory of saliencekit's explainers, as ratios to limits measured in the same run.
+
+    python benchmarks/run.py [--models mlp cnn mobilenetv2 resnet50]
+                             [--methods saliency smoothgrad gradcam fullgrad occlusion]
+                             [--peer xplique] [--repeats 3] [--sections speed memory startup pipeline]
+
+The limit of a gradient method is the model's own compiled forward+backward pass on the same
+batch (times nb_samples for SmoothGrad); Grad-CAM's is a forward pass plus the backward pass
+down to the conv layer (the forward pass alone is shown beside it); Occlusion's is the number
+of patches times a forward pass on the patched batch. Every time is the median of
+``--repeats`` calls after a warm-up call; explainers are built once. Peak memory is the
+largest growth of the process's resident memory during a call, sampled every 2 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import threading
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from saliencekit.attributions import (  # noqa: E402
+    FullGrad, GradCAM, Occlusion, Saliency, SmoothGrad,
+)
+
+SMOOTHGRAD_SAMPLES = 20
+GRID = 4  # occlusion: a GRID x GRID grid of patches (features in GRID groups for tables)
+
+
+# -- models ----------------------------------------------------------------------------------
+def mlp():
+    inputs = keras.Input((64,))
+    x = keras.layers.Dense(256, activation="relu")(inputs)
+    x = keras.layers.Dense(256, activation="relu")(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x)), (256, 64), None
+
+
+def cnn():
+    inputs = keras.Input((64, 64, 3))
+    x = inputs
+    for filters in (32, 64, 64):
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x)), (64, 64, 64, 3), None
+
+
+def mobilenetv2():
+    model = keras.applications.MobileNetV2(
+        input_shape=(96, 96, 3), weights=None, classes=10, classifier_activation=None
+    )
+    return model, (32, 96, 96, 3), "out_relu"
+
+
+def resnet50():
+    model = keras.applications.ResNet50(
+        input_shape=(224, 224, 3), weights=None, classes=10, classifier_activation=None
+    )
+    return model, (16, 224, 224, 3), "conv5_block3_out"
+
+
+MODELS = {"mlp": mlp, "cnn": cnn, "mobilenetv2": mobilenetv2, "resnet50": resnet50}
+METHODS = ["saliency", "smoothgrad", "gradcam", "fullgrad", "occlusion"]
+
+
+# -- measuring -------------------------------------------------------------------------------
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure(call, repeats: int):
+    """(median seconds, first-call seconds, peak RSS growth in bytes over the timed calls)."""
+    start = time.perf_counter()
+    _block(call())
+    first = time.perf_counter() - start
+    times, peak = [], 0
+    for _ in range(repeats):
+        base = rss_bytes()
+        top = [base]
+        done = threading.Event()
+
+        def sample(top=top, done=done):
+            while not done.is_set():
+                top[0] = max(top[0], rss_bytes())
+                time.sleep(0.002)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        start = time.perf_counter()
+        _block(call())
+        times.append(time.perf_counter() - start)
+        done.set()
+        sampler.join()
+        peak = max(peak, top[0] - base)
+    return statistics.median(times), first, peak
+
+
+def _block(result):
+    for leaf in tf.nest.flatten(result):
+        np.asarray(leaf)  # wait for the device: the result is on the host
+    return result
+
+
+def limits(model, x, y, conv_layer):
+    """Compiled reference passes of the model itself, built and warmed up here."""
+    one_hot = tf.one_hot(y, model.output_shape[-1])
+
+    @tf.function
+    def forward_backward(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            score = tf.reduce_sum(model(x, training=False) * one_hot, -1)
+        return tape.gradient(score, x)
+
+    @tf.function
+    def forward(x):
+        return model(x, training=False)
+
+    refs = {"fwd+bwd": forward_backward, "fwd": forward}
+    if conv_layer is not None:
+        tapped = keras.Model(model.inputs, [model.get_layer(conv_layer).output, model.output])
+
+        @tf.function
+        def to_conv(x):
+            with tf.GradientTape() as tape:
+                activations, out = tapped(x, training=False)
+                score = tf.reduce_sum(out * one_hot, -1)
+            return tape.gradient(score, activations)
+
+        refs["fwd+bwd to conv"] = to_conv
+    return refs
+
+
+def explainers(name, model, n, conv_layer, shape):
+    spatial = shape[1:3] if len(shape) == 4 else (shape[1],)
+    patch = tuple(s // GRID for s in spatial)
+    patches = GRID ** len(spatial)
+    return {
+        "saliency": (lambda: Saliency(model, batch_size=n), "fwd+bwd", 1),
+        "smoothgrad": (lambda: SmoothGrad(model, batch_size=n, nb_samples=SMOOTHGRAD_SAMPLES,
+                                          noise=0.2, seed=0), "fwd+bwd", SMOOTHGRAD_SAMPLES),
+        "gradcam": (lambda: GradCAM(model, conv_layer=conv_layer, batch_size=n),
+                    "fwd+bwd to conv", 1),
+        "fullgrad": (lambda: FullGrad(model, batch_size=n), "fwd+bwd", 1),
+        "occlusion": (lambda: Occlusion(model, patch_size=patch, batch_size=n), "fwd", patches),
+    }
+
+
+def xplique_explainer(method, model, n, conv_layer, shape):
+    import xplique.attributions as xa
+
+    spatial = shape[1:3] if len(shape) == 4 else (shape[1],)
+    patch = tuple(s // GRID for s in spatial)
+    if method == "saliency":
+        return xa.Saliency(model, batch_size=n)
+    if method == "smoothgrad":
+        return xa.SmoothGrad(model, batch_size=n * SMOOTHGRAD_SAMPLES,
+                             nb_samples=SMOOTHGRAD_SAMPLES, noise=0.2)
+    if method == "gradcam" and conv_layer is not None:
+        return xa.GradCAM(model, conv_layer=conv_layer, batch_size=n)
+    if method == "occlusion" and len(shape) == 4:
+        return xa.Occlusion(model, patch_size=patch, patch_stride=patch, batch_size=n)
+    return None
+
+
+def speed(args):
+    rows = []
+    for model_name in args.models:
+        keras.utils.set_random_seed(0)
+        model, shape, conv_layer = MODELS[model_name]()
+        n = shape[0]
+        x = tf.constant(np.random.default_rng(0).random(shape, np.float32))
+        y = np.arange(n) % model.output_shape[-1]
+        if conv_layer is None and len(shape) == 4:
+            conv_layer = [layer.name for layer in model.layers if len(layer.output.shape) == 4][-1]
+        refs = limits(model, x, y, conv_layer)
+        ref_times = {k: measure(lambda f=f: f(x), args.repeats)[0] for k, f in refs.items()}
+        for method in args.methods:
+            build, ref, multiple = explainers(model_name, model, n, conv_layer, shape)[method]
+            if method == "gradcam" and conv_layer is None:
+                continue
+            start = time.perf_counter()
+            explainer = build()
+            construct = time.perf_counter() - start
+            median, first, peak = measure(lambda e=explainer: e.explain(x, y), args.repeats)
+            limit = ref_times[ref] * multiple
+            row = {
+                "model": model_name, "method": method, "time s": median, "limit s": limit,
+                "ratio": median / limit, "fwd s": ref_times["fwd"],
+                "first call s": first + construct,
+                "first-call extra passes": (first + construct - median) / ref_times["fwd+bwd"],
+                "peak MB": peak / 2**20,
+            }
+            if args.peer == "xplique":
+                try:
+                    peer = xplique_explainer(method, model, n, conv_layer, shape)
+                except ImportError:
+                    peer = None
+                if peer is not None:
+                    onehot = tf.one_hot(y, model.output_shape[-1])
+                    peer_time = measure(lambda p=peer: p.explain(x, onehot), args.repeats)[0]
+                    row["xplique s"] = peer_time
+                    row["speed-up"] = peer_time / median
+            rows.append(row)
+            print_row(row)
+        del model
+        keras.backend.clear_session()
+    return rows
+
+
+HEADER = ["model", "method", "time s", "limit s", "ratio", "fwd s", "first call s",
+          "first-call extra passes", "peak MB", "xplique s", "speed-up"]
+
+
+def print_row(row):
+    if not getattr(print_row, "started", False):
+        print("| " + " | ".join(HEADER) + " |")
+        print("|" + "---|" * len(HEADER))
+        print_row.started = True
+    cells = []
+    for key in HEADER:
+        value = row.get(key, "")
+        cells.append(f"{value:.3g}" if isinstance(value, float) else str(value))
+    print("| " + " | ".join(cells) + " |", flush=True)
+
+
+def memory(args):
+    """SmoothGrad's peak at nb_samples 10 vs 200; a streamed explain of 1,000 vs 10,000."""
+    keras.utils.set_random_seed(0)
+    model, _, _ = cnn()
+    x = tf.constant(np.random.default_rng(0).random((16, 64, 64, 3), np.float32))
+    y = np.arange(16) % 10
+    print("\n| memory case | peak MB |\n|---|---|")
+    for samples in (10, 200):
+        explainer = SmoothGrad(model, batch_size=16, nb_samples=samples, seed=0)
+        peak = measure(lambda e=explainer: e.explain(x, y), 1)[2]
+        print(f"| SmoothGrad nb_samples={samples}, batch_size=16 | {peak / 2**20:.1f} |", flush=True)
+    explainer = Saliency(model, batch_size=64)
+    for count in (1_000, 10_000):
+        dataset = tf.data.Dataset.range(count).map(
+            lambda i: (tf.random.stateless_uniform((64, 64, 3), tf.stack([i, i])), i % 10)
+        ).batch(64)
+        peak = measure(lambda d=dataset: explainer.explain(d), 1)[2]
+        maps = count * 64 * 64 * 4 / 2**20
+        print(f"| Saliency on a {count:,}-image Dataset (batch 64), minus its {maps:.0f} MB of maps"
+              f" | {(peak / 2**20) - maps:.1f} |", flush=True)
+
+
+def pipeline(args):
+    """A dataset with a decode step: explain(dataset) vs max(pipeline alone, compute alone)."""
+    keras.utils.set_random_seed(0)
+    model, _, _ = cnn()
+    count, batch = 2048, 64
+    images = tf.constant(np.random.default_rng(0).integers(0, 255, (count, 64, 64, 3), np.uint8))
+    encoded = tf.map_fn(tf.io.encode_png, images, fn_output_signature=tf.string)
+
+    def decode(png, label):
+        image = tf.image.decode_png(png, channels=3)
+        image = tf.image.resize(image, (64, 64))  # a typical resize in the pipeline
+        return tf.cast(image, tf.float32) / 255.0, label
+
+    dataset = tf.data.Dataset.from_tensor_slices((encoded, tf.range(count) % 10)).map(
+        decode, num_parallel_calls=tf.data.AUTOTUNE).batch(batch)
+    explainer = Saliency(model, batch_size=batch)
+    decoded = [b for b in dataset]
+    x = tf.concat([b[0] for b in decoded], 0)
+    y = tf.concat([b[1] for b in decoded], 0)
+    alone = measure(lambda: [b for b in dataset], args.repeats)[0]
+    compute = measure(lambda: explainer.explain(x, y), args.repeats)[0]
+    both = measure(lambda: explainer.explain(dataset), args.repeats)[0]
+    bound = max(alone, compute)
+    print("\n| pipeline (2,048 PNGs, batch 64) | seconds |\n|---|---|")
+    print(f"| pipeline alone | {alone:.2f} |\n| compute alone (in-memory tensor) | {compute:.2f} |")
+    print(f"| explain(dataset) | {both:.2f} |\n| ratio to max(pipeline, compute) |"
+          f" {both / bound:.2f} |")
+
+
+def startup(args):
+    """First explain on ResNet50 in forward+backward passes; later calls never retrace."""
+    keras.utils.set_random_seed(0)
+    model, shape, _ = resnet50()
+    x = tf.constant(np.random.default_rng(0).random(shape, np.float32))
+    y = np.arange(shape[0]) % 10
+    reference = limits(model, x, y, None)["fwd+bwd"]
+    start = time.perf_counter()
+    _block(reference(x))
+    reference_first = time.perf_counter() - start
+    passes = measure(lambda: reference(x), args.repeats)[0]
+    explainer = Saliency(model, batch_size=shape[0])
+    start = time.perf_counter()
+    _block(explainer.explain(x, y))
+    first = time.perf_counter() - start
+    steady = measure(lambda: explainer.explain(x, y), args.repeats)[0]
+    traces = explainer._kernel.experimental_get_tracing_count()
+    print("\n| start-up (ResNet50, 16 images) | value |\n|---|---|")
+    print(f"| fwd+bwd pass s | {passes:.2f} |")
+    print(f"| plain tf.function fwd+bwd first call: extra passes | "
+          f"{(reference_first - passes) / passes:.2f} |")
+    print(f"| Saliency first explain: extra passes | {(first - steady) / passes:.2f} |")
+    print(f"| traces after {args.repeats + 2} calls | {traces} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--peer", choices=["xplique"], default=None)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sections", nargs="+", default=["speed"],
+                        choices=["speed", "memory", "startup", "pipeline"])
+    args = parser.parse_args()
+    print(f"# saliencekit benchmark, {time.strftime('%Y-%m-%d')}, {platform.machine()} "
+          f"{os.cpu_count()} cores, Python {platform.python_version()}, TensorFlow "
+          f"{tf.__version__}, Keras {keras.__version__}\n")
+    for section in args.sections:
+        {"speed": speed, "memory": memory, "startup": startup, "pipeline": pipeline}[section](args)
+
+
+if __name__ == "__main__":
+    main()
