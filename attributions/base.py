@@ -21,10 +21,6 @@ from ..commons import data, postprocess, validation
 from ..commons import model as inspect_model
 from ..operators import get_operator
 
-#: The largest number of noisy samples per input (each sample's noise seed packs the
-#: user's seed and the sample index into one 64-bit integer).
-MAX_SAMPLES = 2**20
-
 
 def _check_model(model: Any) -> None:
     if not isinstance(model, keras.layers.Layer):
@@ -49,6 +45,12 @@ def _checked_operator(operator):
         return tf.cast(score, tf.float32)
 
     return checked
+
+
+def _seeds(inputs: tf.Tensor, offset: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """``(B, 2)`` per-row ``(index in the user's data, seed)``, built inside the kernel."""
+    rows = offset + tf.range(tf.shape(inputs, out_type=tf.int64)[0])
+    return tf.stack([rows, tf.fill(tf.shape(rows), seed)], axis=1)
 
 
 class BlackBoxExplainer:
@@ -143,9 +145,9 @@ class BlackBoxExplainer:
         outputs = self._forward(inputs)
         return tf.stop_gradient(tf.one_hot(tf.argmax(outputs, axis=-1), outputs.shape[-1]))
 
-    def _explain_step(self, inputs, targets, seeds):
+    def _explain_step(self, inputs, targets, offset, seed):
         targets = self._resolve_targets(inputs, targets)
-        return self._postprocess(self._batch(inputs, targets, seeds), inputs)
+        return self._postprocess(self._batch(inputs, targets, _seeds(inputs, offset, seed)), inputs)
 
     def _postprocess(self, maps: tf.Tensor, inputs: tf.Tensor) -> tf.Tensor:
         """Images ``(N, H, W, C)`` get ``(N, H, W, 1)`` maps at their size; 1-D inputs
@@ -191,10 +193,11 @@ class BlackBoxExplainer:
         seed = tf.constant(self._draw_seed(), tf.int64)
         parts = []
         try:
-            for x, t, rows, valid in batches:
-                seeds = tf.stack([rows, tf.fill(tf.shape(rows), seed)], axis=1)
-                out = kernel(x, t, seeds)
-                parts.append(tf.nest.map_structure(lambda o, v=valid: o[:v], out))
+            for x, t, offset, valid in batches:
+                out = kernel(x, t, offset, seed)
+                if valid is not None:  # cut the padding off
+                    out = tf.nest.map_structure(lambda o, v=valid: o[:v], out)
+                parts.append(out)
         except tf.errors.InvalidArgumentError as error:
             if data.PIPELINE_CHECK in error.message:
                 text = error.message.split(data.PIPELINE_CHECK, 1)[1].split("\n")[0]

@@ -108,7 +108,7 @@ class FullGrad(WhiteBoxExplainer):
             bias_terms.append(tf.broadcast_to(term, tf.shape(tap)))
         return input_term, bias_terms
 
-    def _raw_step(self, inputs, targets, seeds):
+    def _raw_step(self, inputs, targets, offset, seed):
         return self._raw(inputs, self._resolve_targets(inputs, targets))
 
     def _batch(self, inputs, targets, seeds):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import keras
 import tensorflow as tf
 
-from ..commons import validation
-from .base import MAX_SAMPLES, WhiteBoxExplainer
+from ..commons import random, validation
+from .base import WhiteBoxExplainer
 
 
 class Saliency(WhiteBoxExplainer):
@@ -34,29 +33,15 @@ class Saliency(WhiteBoxExplainer):
         return tf.abs(self._gradients(inputs, targets))
 
 
-def portable_normal(shape, key: tf.Tensor) -> tf.Tensor:
-    """Standard normal noise that is the same with and without XLA for a given key.
-
-    ``tf.random.stateless_normal`` gives different numbers under XLA than in TensorFlow's
-    own kernels, even with ``alg="philox"``, while the raw Philox bits agree; so the bits
-    are drawn and turned into normals here (Box-Muller, 24-bit uniforms in (0, 1)).
-    """
-    bits = tf.random.stateless_uniform(
-        (2, *shape), key, minval=None, maxval=None, dtype=tf.uint32, alg="philox"
-    )
-    uniform = (tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32) + 0.5) * (2.0**-24)
-    radius = tf.sqrt(-2.0 * tf.math.log(uniform[0]))
-    return radius * tf.cos((2.0 * math.pi) * uniform[1])
-
-
 class _NoisyGradients(WhiteBoxExplainer):
     """Gradients at ``nb_samples`` noisy copies of each input, summarised online.
 
     The noise is Gaussian with standard deviation ``noise * (max(x) - min(x))`` per input
     (the paper's noise level, so it does not depend on the input's scale). It is drawn
-    inside the compiled kernel from a stateless generator keyed by ``(seed, input index,
-    sample index)``: a ``seed`` repeats a run exactly, whatever the batch size or the order
-    of batches. Statistics are accumulated over chunks of samples (Chan et al.'s parallel
+    inside the compiled kernel, vectorised, as a pure function of ``(seed, input index,
+    sample index)`` (:mod:`saliencekit.commons.random`): a ``seed`` repeats a run exactly,
+    whatever the batch size, the order of batches or the use of XLA. Statistics are
+    accumulated over chunks of samples (Chan et al.'s parallel
     update), so memory is bounded by ``batch_size`` whatever ``nb_samples`` is: each
     forward pass holds ``batch_size`` noisy inputs (several samples of one input when there
     are fewer inputs than ``batch_size``).
@@ -80,8 +65,6 @@ class _NoisyGradients(WhiteBoxExplainer):
         jit_compile: bool = False,
     ):
         self.nb_samples = validation.positive_int("nb_samples", nb_samples)
-        if self.nb_samples > MAX_SAMPLES:
-            raise validation.value_error("nb_samples", f"at most {MAX_SAMPLES}", nb_samples)
         self.noise = validation.non_negative_float("noise", noise)
         self.seed = validation.optional_seed("seed", seed)
         super().__init__(
@@ -120,17 +103,12 @@ class _NoisyGradients(WhiteBoxExplainer):
         x = tile(inputs)
         t = tile(targets)
         rows = tile(seeds[:, 0])
-        seed_base = tile(seeds[:, 1]) * MAX_SAMPLES
+        seed = seeds[0, 1]
         weight_shape = [-1] + [1] * (len(sample_shape) + 1)
 
         def chunk_stats(index):
             sample = index * copies + tf.range(copies, dtype=tf.int64)  # (copies,)
-            keys = tf.stack([rows, seed_base + tf.repeat(sample, batch)], axis=1)
-            noise = tf.map_fn(
-                lambda key: portable_normal(sample_shape, key),
-                keys,
-                fn_output_signature=tf.float32,
-            )
+            noise = random.gaussian(sample_shape, seed, rows, tf.repeat(sample, batch))
             values = self._per_sample(self._gradients(x + sigma * noise, t))
             values = tf.reshape(values, (copies, batch, *sample_shape))
             weight = tf.reshape(tf.cast(sample < self.nb_samples, tf.float32), weight_shape)

@@ -27,11 +27,11 @@ PIPELINE_CHECK = "saliencekit check failed: "
 
 @dataclass
 class Batches:
-    """Fixed-size batches ``(inputs, targets, rows, valid)`` of one explain call.
+    """Fixed-size batches ``(inputs, targets, offset, valid)`` of one explain call.
 
-    ``rows`` holds each row's index in the user's data (padding rows continue the count),
-    ``valid`` how many rows of the batch are real. ``count`` is the number of inputs when
-    known in advance (``None`` for a dataset of unknown cardinality).
+    ``offset`` (an int64 scalar tensor) is the index of the batch's first row in the user's
+    data; ``valid`` how many rows of the batch are real, or ``None`` when all are.
+    ``count`` is the number of inputs when known in advance (``None`` for a dataset).
     """
 
     sample_shape: tuple
@@ -239,14 +239,19 @@ def from_arrays(
     size = min(batch_size, count)
 
     def source():
+        if count == size:  # one batch: no slicing, no padding
+            yield tensor, encoded, tf.constant(0, tf.int64), None
+            return
         for start in range(0, count, size):
             stop = min(start + size, count)
             x = tensor[start:stop]
             t = None if encoded is None else encoded[start:stop]
+            valid = None
             if stop - start < size:
                 x = _pad(x, size)
                 t = None if t is None else _pad(t, size)
-            yield x, t, tf.range(start, start + size, dtype=tf.int64), stop - start
+                valid = stop - start
+            yield x, t, tf.constant(start, tf.int64), valid
 
     return Batches(sample_shape, size, count, encoded is not None, source)
 
@@ -326,11 +331,9 @@ def from_dataset(
         return x, encode(element[1])
 
     def pad(index, batch):
-        x = batch[0]
-        valid = tf.shape(x)[0]
-        rows = index * batch_size + tf.range(batch_size, dtype=tf.int64)
+        valid = tf.shape(batch[0])[0]
         padded = tuple(_pad(b, batch_size) for b in batch)
-        return padded, rows, valid
+        return padded, index * batch_size, valid
 
     pipeline = (
         dataset.map(select, num_parallel_calls=tf.data.AUTOTUNE)
@@ -341,9 +344,9 @@ def from_dataset(
     )
 
     def source():
-        for padded, rows, valid in pipeline:
+        for padded, offset, valid in pipeline:
             t = padded[1] if len(padded) > 1 else None
-            yield padded[0], t, rows, valid
+            yield padded[0], t, offset, valid
 
     return Batches(sample_shape, batch_size, None, y_spec is not None, source)
 
