@@ -38,10 +38,10 @@ class _NoisyGradients(WhiteBoxExplainer):
 
     The noise is Gaussian with standard deviation ``noise * (max(x) - min(x))`` per input
     (the paper's noise level, so it does not depend on the input's scale). It is drawn
-    inside the compiled kernel, vectorised, as a pure function of ``(seed, input index,
-    sample index)`` (:mod:`saliencekit.commons.random`): a ``seed`` repeats a run exactly,
-    whatever the batch size, the order of batches or the use of XLA. Statistics are
-    accumulated over chunks of samples (Chan et al.'s parallel
+    inside the compiled kernel, from Philox streams keyed by ``(seed, input index, sample
+    index)`` (:mod:`saliencekit.commons.random`): a ``seed`` repeats a run exactly,
+    whatever the batch size or the order of batches (XLA draws other numbers from a seed).
+    Statistics are accumulated over chunks of samples (Chan et al.'s parallel
     update), so memory is bounded by ``batch_size`` whatever ``nb_samples`` is: each
     forward pass holds ``batch_size`` noisy inputs (several samples of one input when there
     are fewer inputs than ``batch_size``).
@@ -102,13 +102,17 @@ class _NoisyGradients(WhiteBoxExplainer):
         sigma = tile(self.noise * spread)
         x = tile(inputs)
         t = tile(targets)
-        rows = tile(seeds[:, 0])
-        seed = seeds[0, 1]
+        first_row, seed = seeds[0, 0], seeds[0, 1]
         weight_shape = [-1] + [1] * (len(sample_shape) + 1)
 
         def chunk_stats(index):
             sample = index * copies + tf.range(copies, dtype=tf.int64)  # (copies,)
-            noise = random.gaussian(sample_shape, seed, rows, tf.repeat(sample, batch))
+            noise = tf.map_fn(  # one vectorised draw per sample of the chunk
+                lambda j: random.gaussian(sample_shape, seed, first_row, batch, j),
+                sample,
+                fn_output_signature=tf.TensorSpec((None, *sample_shape), tf.float32),
+            )
+            noise = tf.reshape(noise, (-1, *sample_shape))
             values = self._per_sample(self._gradients(x + sigma * noise, t))
             values = tf.reshape(values, (copies, batch, *sample_shape))
             weight = tf.reshape(tf.cast(sample < self.nb_samples, tf.float32), weight_shape)
