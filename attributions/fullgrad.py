@@ -21,6 +21,24 @@ def fullgrad_postprocess(term: tf.Tensor, eps: float = 1e-6) -> tf.Tensor:
     return term / (tf.reduce_max(term, axis=axes, keepdims=True) + eps)
 
 
+def reduced_postprocess(term: tf.Tensor, reducer: str | None, eps: float = 1e-6) -> tf.Tensor:
+    """``reduce_channels(fullgrad_postprocess(term), reducer)`` in one pass over ``|term|``.
+
+    psi is affine per input (``(|t| - low) / (high - low + eps)``), so reducing over
+    channels commutes with it: max/min/mean reduce ``|t|`` and subtract ``low``; a sum
+    subtracts ``channels * low``. The full-size normalised term is never materialised.
+    """
+    magnitude = tf.abs(term)
+    axes = list(range(1, term.shape.rank))
+    low = tf.reduce_min(magnitude, axis=axes, keepdims=True)
+    scale = 1.0 / (tf.reduce_max(magnitude, axis=axes, keepdims=True) - low + eps)
+    if reducer is None or term.shape[-1] == 1:
+        return (magnitude - low) * scale
+    reduced = postprocess.REDUCERS[reducer](magnitude, axis=-1, keepdims=True)
+    shift = low * term.shape[-1] if reducer == "sum" else low
+    return (reduced - shift) * scale
+
+
 class FullGrad(WhiteBoxExplainer):
     """FullGrad: the input-gradient term plus one bias-gradient term per biased layer.
 
@@ -116,11 +134,11 @@ class FullGrad(WhiteBoxExplainer):
         rank = inputs.shape.rank
 
         def term_map(term):
-            term = fullgrad_postprocess(term)
-            if rank >= 3:  # terms have different channel counts: reduce before summing
-                term = postprocess.reduce_channels(term, self._reducer)
-                term = postprocess.resize_spatial(term, tuple(inputs.shape[1:-1]))
-            return term
+            if rank < 3:
+                return fullgrad_postprocess(term)
+            # terms have different channel counts: reduce before summing
+            term = reduced_postprocess(term, self._reducer)
+            return postprocess.resize_spatial(term, tuple(inputs.shape[1:-1]))
 
         total = term_map(input_term)
         for term in bias_terms:

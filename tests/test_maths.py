@@ -315,3 +315,14 @@ def test_noise_is_standard_normal_and_a_function_of_seed_row_and_sample():
     for other in (random.gaussian((7, 3), seed, tf.constant(0, tf.int64), 2000, 6),
                   random.gaussian((7, 3), seed + 1, tf.constant(0, tf.int64), 2000, 5)):
         assert abs(np.corrcoef(other.numpy().ravel(), flat)[0, 1]) < 0.02
+
+
+@pytest.mark.parametrize("reducer", ["sum", "max", "min", "mean", None])
+def test_fused_fullgrad_postprocess_equals_the_reference(reducer):
+    from saliencekit.attributions.fullgrad import reduced_postprocess
+    from saliencekit.commons.postprocess import reduce_channels
+
+    term = tf.constant(np.random.default_rng(0).normal(size=(3, 5, 6, 4)), tf.float32)
+    expected = reduce_channels(fullgrad_postprocess(term), reducer)
+    np.testing.assert_allclose(reduced_postprocess(term, reducer).numpy(), expected.numpy(),
+                               rtol=1e-5, atol=1e-6)
