@@ -31,12 +31,10 @@ class Batches:
 
     ``offset`` (an int64 scalar tensor) is the index of the batch's first row in the user's
     data; ``valid`` how many rows of the batch are real, or ``None`` when all are.
-    ``count`` is the number of inputs when known in advance (``None`` for a dataset).
     """
 
     sample_shape: tuple
     batch_size: int
-    count: int | None
     has_targets: bool
     _source: Callable[[], Iterator]
 
@@ -253,7 +251,7 @@ def from_arrays(
                 valid = stop - start
             yield x, t, tf.constant(start, tf.int64), valid
 
-    return Batches(sample_shape, size, count, encoded is not None, source)
+    return Batches(sample_shape, size, encoded is not None, source)
 
 
 def _split_element(spec):
@@ -348,7 +346,7 @@ def from_dataset(
             t = padded[1] if len(padded) > 1 else None
             yield padded[0], t, offset, valid
 
-    return Batches(sample_shape, batch_size, None, y_spec is not None, source)
+    return Batches(sample_shape, batch_size, y_spec is not None, source)
 
 
 def _dataset_target_encoder(y_spec, rules: TargetRules | None, output_shape: tuple):

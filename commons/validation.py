@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import inspect
 import numbers
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -67,13 +66,6 @@ def optional_seed(argument: str, value: Any) -> int | None:
     if not 0 <= value < 2**31:
         raise value_error(argument, "None or an integer in [0, 2**31)", value)
     return int(value)
-
-
-def one_of(argument: str, value: Any, choices: Iterable[Any]) -> Any:
-    choices = list(choices)
-    if value not in choices:
-        raise value_error(argument, f"one of {choices}", repr(value))
-    return value
 
 
 def int_tuple(argument: str, value: Any, length: int) -> tuple[int, ...]:

@@ -326,3 +326,17 @@ def test_fused_fullgrad_postprocess_equals_the_reference(reducer):
     expected = reduce_channels(fullgrad_postprocess(term), reducer)
     np.testing.assert_allclose(reduced_postprocess(term, reducer).numpy(), expected.numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_normalisation_filters():
+    from saliencekit.commons import absolute_normalize, normalize, positive_normalize
+
+    maps = tf.constant([[[-2.0, 0.0, 6.0]], [[3.0, 3.0, 3.0]]])  # the second is constant
+    np.testing.assert_allclose(normalize(maps).numpy(), [[[0.0, 0.25, 1.0]], [[0.0, 0.0, 0.0]]])
+    np.testing.assert_allclose(absolute_normalize(maps).numpy(),
+                               [[[1 / 3, 0.0, 1.0]], [[1.0, 1.0, 1.0]]])
+    np.testing.assert_allclose(positive_normalize(maps).numpy(),
+                               [[[0.0, 0.0, 1.0]], [[1.0, 1.0, 1.0]]])
+    zeros = tf.zeros((1, 2, 2, 1))
+    for fn in (normalize, absolute_normalize, positive_normalize):
+        assert np.isfinite(fn(zeros).numpy()).all()

@@ -35,7 +35,7 @@ def test_noisy_kernels_do_not_grow_with_nb_samples(name):
     model = small_cnn()
     x = tf.zeros((4, 12, 12, 3))
     t = tf.one_hot([0, 1, 2, 3], 4)
-    few_ops, few_consts = graph_signature(FACTORIES[name](model, nb_samples=10, batch_size=4), x, t)
+    few_ops, _ = graph_signature(FACTORIES[name](model, nb_samples=10, batch_size=4), x, t)
     many_ops, many_consts = graph_signature(FACTORIES[name](model, nb_samples=200, batch_size=4),
                                             x, t)
     assert few_ops == many_ops
