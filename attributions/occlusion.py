@@ -48,6 +48,16 @@ class Occlusion(BlackBoxExplainer):
     ``(N, T, 1)`` for series and ``(N, D)`` for tables. Each forward pass holds
     ``batch_size`` occluded inputs (several patches of one input when there are fewer
     inputs than ``batch_size``).
+
+    Examples
+    --------
+    >>> import numpy as np, keras
+    >>> from saliencekit.attributions import Occlusion
+    >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3),
+    ...                           keras.layers.GlobalAveragePooling2D()])
+    >>> maps = Occlusion(model, patch_size=4, patch_stride=2)(np.ones((2, 8, 8, 3)), [0, 1])
+    >>> tuple(maps.shape)
+    (2, 8, 8, 1)
     """
 
     def __init__(
