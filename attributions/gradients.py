@@ -131,6 +131,9 @@ class _NoisyGradients(WhiteBoxExplainer):
         mean = tf.zeros_like(inputs)
         m2 = tf.zeros_like(inputs)
         for index in tf.range(chunks, dtype=tf.int64):
+            # one chunk in flight: while_loop's default (10 parallel iterations) would hold
+            # up to 10 chunks' activations at once, breaking the batch_size memory bound
+            tf.autograph.experimental.set_loop_options(parallel_iterations=1)
             n, chunk_mean, chunk_m2 = chunk_stats(index)
             total = count + n
             delta = chunk_mean - mean

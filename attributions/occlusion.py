@@ -113,6 +113,7 @@ class Occlusion(BlackBoxExplainer):
             tiled_targets = tf.reshape(tf.tile(targets[None], multiples), (-1, *targets.shape[1:]))
         total = tf.zeros_like(inputs[..., 0] if has_channels else inputs)  # (B, *spatial)
         for chunk in tf.range(chunks):
+            tf.autograph.experimental.set_loop_options(parallel_iterations=1)  # memory bound
             chunk_starts = padded[chunk]  # (copies, S)
             masks = None
             for axis, (size, extent) in enumerate(zip(spatial, patch)):

@@ -43,6 +43,19 @@ def test_noisy_kernels_do_not_grow_with_nb_samples(name):
     assert not any(200 * 4 in c or 200 in c for c in many_consts if len(c) > 1)
 
 
+@pytest.mark.parametrize("name", ["SmoothGrad", "VarGrad", "Occlusion"])
+def test_loops_run_one_iteration_at_a_time(name):
+    """tf.while_loop runs 10 iterations in parallel by default: each would hold a forward
+    and backward pass's activations, so memory would grow past the batch_size bound."""
+    explainer = FACTORIES[name](small_cnn(), batch_size=4)
+    zero = tf.constant(0, tf.int64)
+    graph_def = explainer._kernel.get_concrete_function(
+        tf.zeros((4, 12, 12, 3)), tf.one_hot([0, 1, 2, 3], 4), zero, zero).graph.as_graph_def()
+    loops = [node for node in graph_def.node if node.op in ("While", "StatelessWhile")]
+    assert loops
+    assert all(node.attr["parallel_iterations"].i == 1 for node in loops)
+
+
 @pytest.mark.parametrize("name", EXPLAINERS)
 def test_kernels_have_no_per_input_python_loop(name):
     """The graph of a batch of 8 has the ops of a batch of 2 (give or take a constant that
