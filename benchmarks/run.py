@@ -8,9 +8,11 @@
 The limit of a gradient method is the model's own compiled forward+backward pass on the same
 batch (times nb_samples for SmoothGrad); Grad-CAM's is a forward pass plus the backward pass
 down to the conv layer (the forward pass alone is shown beside it); Occlusion's is the number
-of patches times a forward pass on the patched batch. Every time is the median of
-``--repeats`` calls after a warm-up call; explainers are built once. Peak memory is the
-largest growth of the process's resident memory during a call, sampled every 2 ms.
+of patches times a forward pass on the patched batch. Every time is the median over
+``--repeats`` rounds that time each reference, explainer and peer in turn, after a warm-up
+call; explainers are built once. Peak memory is the largest growth of the process's resident
+memory during one more call, sampled every 2 ms (the memory section measures each case in a
+fresh process, which is more telling).
 """
 
 from __future__ import annotations
@@ -156,8 +158,10 @@ def explainers(name, model, n, conv_layer, shape):
     patches = GRID ** len(spatial)
     return {
         "saliency": (lambda: Saliency(model, batch_size=n), "fwd+bwd", 1),
-        "smoothgrad": (lambda: SmoothGrad(model, batch_size=n, nb_samples=SMOOTHGRAD_SAMPLES,
-                                          noise=0.2, seed=0), "fwd+bwd", SMOOTHGRAD_SAMPLES),
+        # the same memory budget as xplique's: every noisy copy in one forward pass
+        "smoothgrad": (lambda: SmoothGrad(model, batch_size=n * SMOOTHGRAD_SAMPLES,
+                                          nb_samples=SMOOTHGRAD_SAMPLES, noise=0.2, seed=0),
+                       "fwd+bwd", SMOOTHGRAD_SAMPLES),
         "gradcam": (lambda: GradCAM(model, conv_layer=conv_layer, batch_size=n),
                     "fwd+bwd to conv", 1),
         "fullgrad": (lambda: FullGrad(model, batch_size=n), "fwd+bwd", 1),
@@ -183,6 +187,9 @@ def xplique_explainer(method, model, n, conv_layer, shape):
 
 
 def speed(args):
+    """Per model: every reference, explainer and peer is warmed up, then timed in rounds
+    that interleave them (medians over rounds), so that drift of a shared machine's speed
+    affects all alike."""
     rows = []
     for model_name in args.models:
         keras.utils.set_random_seed(0)
@@ -190,45 +197,55 @@ def speed(args):
         n = shape[0]
         x = tf.constant(np.random.default_rng(0).random(shape, np.float32))
         y = np.arange(n) % model.output_shape[-1]
+        onehot = tf.one_hot(y, model.output_shape[-1])
         if conv_layer is None and len(shape) == 4:
             conv_layer = [layer.name for layer in model.layers if len(layer.output.shape) == 4][-1]
-        refs = limits(model, x, y, conv_layer)
-        ref_times = {
-            k: measure(lambda f=f, x=x: f(x), args.repeats)[0] for k, f in refs.items()
-        }
+        calls, first, rows_here = {}, {}, []
+        for key, function in limits(model, x, y, conv_layer).items():
+            calls[key] = lambda f=function, x=x: f(x)
         for method in args.methods:
             build, ref, multiple = explainers(model_name, model, n, conv_layer, shape)[method]
             if method == "gradcam" and conv_layer is None:
                 continue
             start = time.perf_counter()
             explainer = build()
-            construct = time.perf_counter() - start
-            median, first, peak = measure(
-                lambda e=explainer, x=x, y=y: e.explain(x, y), args.repeats
-            )
-            limit = ref_times[ref] * multiple
-            row = {
-                "model": model_name, "method": method, "time s": median, "limit s": limit,
-                "ratio": median / limit, "fwd s": ref_times["fwd"],
-                "first call s": first + construct,
-                "first-call extra passes": (first + construct - median) / ref_times["fwd+bwd"],
-                "peak MB": peak / 2**20,
-            }
+            calls[method] = lambda e=explainer, x=x, y=y: e.explain(x, y)
+            first[method] = time.perf_counter() - start  # + the first call, below
+            rows_here.append((method, ref, multiple))
             if args.peer == "xplique":
                 try:
                     peer = xplique_explainer(method, model, n, conv_layer, shape)
                 except ImportError:
                     peer = None
                 if peer is not None:
-                    onehot = tf.one_hot(y, model.output_shape[-1])
-                    peer_time = measure(
-                        lambda p=peer, x=x, t=onehot: p.explain(x, t), args.repeats
-                    )[0]
-                    row["xplique s"] = peer_time
-                    row["speed-up"] = peer_time / median
+                    calls["xplique " + method] = lambda p=peer, x=x, t=onehot: p.explain(x, t)
+        times = {key: [] for key in calls}
+        for key, call in calls.items():  # warm-up (tracing), timed for the first-call column
+            start = time.perf_counter()
+            _block(call())
+            first[key] = first.get(key, 0.0) + time.perf_counter() - start
+        for _ in range(args.repeats):
+            for key, call in calls.items():
+                start = time.perf_counter()
+                _block(call())
+                times[key].append(time.perf_counter() - start)
+        median = {key: statistics.median(values) for key, values in times.items()}
+        for method, ref, multiple in rows_here:
+            peak = measure(calls[method], 1)[2]
+            row = {
+                "model": model_name, "method": method, "time s": median[method],
+                "limit s": median[ref] * multiple,
+                "ratio": median[method] / (median[ref] * multiple),
+                "fwd s": median["fwd"], "first call s": first[method],
+                "first-call extra passes": (first[method] - median[method]) / median["fwd+bwd"],
+                "peak MB": peak / 2**20,
+            }
+            if "xplique " + method in median:
+                row["xplique s"] = median["xplique " + method]
+                row["speed-up"] = row["xplique s"] / median[method]
             rows.append(row)
             print_row(row)
-        del model
+        del model, calls
         keras.backend.clear_session()
     return rows
 
