@@ -344,7 +344,8 @@ def from_dataset(
     def source():
         for padded, offset, valid in pipeline:
             t = padded[1] if len(padded) > 1 else None
-            yield padded[0], t, offset, valid
+            valid = int(valid)  # a host-side scalar of the pipeline: no device sync
+            yield padded[0], t, offset, (None if valid == batch_size else valid)
 
     return Batches(sample_shape, batch_size, y_spec is not None, source)
 
