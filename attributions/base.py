@@ -241,10 +241,19 @@ class WhiteBoxExplainer(BlackBoxExplainer):
         self._explained = inspect_model.reroute(model, output_layer)
         softmax = inspect_model.ends_in_softmax(self._explained)
         if softmax is not None:
+            name, fused = softmax
+            advice = (
+                f"Layer {name!r} computes its softmax inside itself (activation='softmax'), so "
+                "no layer outputs the logits: build the model with a linear last layer and a "
+                "separate keras.layers.Softmax() (keras.applications models: "
+                "classifier_activation=None), then explain that model or pass output_layer= "
+                "the linear layer."
+                if fused
+                else f"Pass output_layer= the layer before {name!r} to explain the logits."
+            )
             warnings.warn(
-                f"The explained output comes from a softmax (layer {softmax!r}): its gradients "
-                "mix every class's logit. Explain the logits instead: pass output_layer= the "
-                "layer before the softmax, or build the model with a separate Softmax layer.",
+                f"The explained output comes from a softmax (layer {name!r}): its gradients mix "
+                f"every class's logit, so maps show more than the class's evidence. {advice}",
                 UserWarning,
                 stacklevel=3,
             )

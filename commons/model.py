@@ -236,8 +236,9 @@ def reroute(model: Any, output_layer: str | int | None) -> Any:
     return keras.Model(graph.inputs[0], node.output)
 
 
-def ends_in_softmax(model: Any) -> str | None:
-    """The name of the layer producing the output if it is a softmax, else None."""
+def ends_in_softmax(model: Any) -> tuple[str, bool] | None:
+    """``(layer name, fused)`` if the output comes from a softmax, else None. ``fused``: the
+    softmax is the activation of a layer such as ``Dense(..., activation="softmax")``."""
     if not has_graph(model):
         return None
     layer = model.layers[-1] if model.layers else None
@@ -245,9 +246,11 @@ def ends_in_softmax(model: Any) -> str | None:
         layer = layer.layers[-1]
     if layer is None:
         return None
+    if isinstance(layer, keras.layers.Softmax):
+        return layer.name, False
     activation = getattr(layer, "activation", None)
-    if isinstance(layer, keras.layers.Softmax) or getattr(activation, "__name__", "") == "softmax":
-        return layer.name
+    if getattr(activation, "__name__", "") == "softmax":
+        return layer.name, not isinstance(layer, keras.layers.Activation)
     return None
 
 

@@ -169,10 +169,12 @@ def test_output_layer_takes_effect_and_softmax_warns():
     np.testing.assert_allclose(by_index, on_logits)
 
 
-def test_fused_softmax_warns():
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
-    with pytest.warns(UserWarning, match="softmax"):
-        Saliency(model)
+def test_softmax_warnings_give_advice_that_works():
+    fused = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    with pytest.warns(UserWarning, match="classifier_activation=None"):
+        Saliency(fused)
+    with pytest.warns(UserWarning, match="Pass output_layer= the layer before 'probabilities'"):
+        Saliency(softmax_model())
 
 
 @pytest.mark.parametrize("reducer", ["max", "mean", "min", "sum", None])
