@@ -115,6 +115,16 @@ class BlackBoxExplainer:
         """Same as :meth:`explain`."""
         return self.explain(inputs, targets)
 
+    def __repr__(self) -> str:
+        """``SmoothGrad(model='cnn', batch_size=64, operator='classification', ...)``."""
+        shown = [f"model={self.model.name!r}"]
+        for name, value in vars(self).items():
+            if name.startswith("_") or name == "model" or isinstance(value, (list, dict)):
+                continue
+            value = getattr(value, "__name__", value)
+            shown.append(f"{name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
     # -- what a subclass implements ------------------------------------------------------
     def _batch(self, inputs: tf.Tensor, targets: tf.Tensor, seeds: tf.Tensor) -> tf.Tensor:
         """Maps for one batch. ``seeds`` is ``(B, 2)``: per row, its index and the seed."""

@@ -218,3 +218,11 @@ def test_explainers_are_reentrant_across_threads(images, labels):
 
 
 assert set(EXPLAINERS) >= GRAPH_ONLY
+
+
+def test_explainers_show_their_settings():
+    text = repr(SmoothGrad(small_cnn(), nb_samples=7, noise=0.3, seed=2, reducer="mean"))
+    assert text.startswith("SmoothGrad(model='sequential")
+    for part in ("nb_samples=7", "noise=0.3", "seed=2", "reducer='mean'",
+                 "operator='classification'", "batch_size=64"):
+        assert part in text, (part, text)
