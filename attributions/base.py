@@ -190,9 +190,9 @@ class BlackBoxExplainer:
         )
 
     def _draw_seed(self) -> int:
-        seed = getattr(self, "seed", None)
         if not self._stochastic:
             return 0
+        seed = getattr(self, "seed", None)
         if seed is None:  # fresh entropy, no global random state touched
             return int(np.random.default_rng().integers(2**31))
         return seed
