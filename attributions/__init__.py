@@ -3,13 +3,22 @@
 from .base import BlackBoxExplainer, WhiteBoxExplainer
 from .cam import GradCAM
 from .fullgrad import FullGrad
-from .gradients import Saliency, SmoothGrad, SquareGrad, VarGrad
+from .gradients import (
+    GradientInput,
+    IntegratedGradients,
+    Saliency,
+    SmoothGrad,
+    SquareGrad,
+    VarGrad,
+)
 from .occlusion import Occlusion
 
 __all__ = [
     "BlackBoxExplainer",
     "FullGrad",
     "GradCAM",
+    "GradientInput",
+    "IntegratedGradients",
     "Occlusion",
     "Saliency",
     "SmoothGrad",

@@ -36,7 +36,8 @@ def _checked_operator(operator):
     def checked(model, inputs, targets):
         score = tf.convert_to_tensor(operator(model, inputs, targets))
         batch = inputs.shape[0]
-        if score.shape.rank != 1 or score.shape[0] not in (None, batch):
+        known = batch is not None and score.shape.rank == 1 and score.shape[0] is not None
+        if score.shape.rank != 1 or (known and score.shape[0] != batch):
             raise validation.value_error(
                 "operator",
                 f"a callable returning one score per input, shape ({batch},)",

@@ -1,10 +1,12 @@
-"""Saliency and the noisy-gradient family (SmoothGrad, SquareGrad, VarGrad)."""
+"""Gradient methods: Saliency, GradientInput, IntegratedGradients and the noisy family
+(SmoothGrad, SquareGrad, VarGrad)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ..commons import random, validation
@@ -33,53 +35,29 @@ class Saliency(WhiteBoxExplainer):
         return tf.abs(self._gradients(inputs, targets))
 
 
-class _NoisyGradients(WhiteBoxExplainer):
-    """Gradients at ``nb_samples`` noisy copies of each input, summarised online.
+class _SampledGradients(WhiteBoxExplainer):
+    """Gradients at ``nb_samples`` points derived from each input, summarised online.
 
-    The noise is Gaussian with standard deviation ``noise * (max(x) - min(x))`` per input
-    (the paper's noise level, so it does not depend on the input's scale). It is drawn
-    inside the compiled kernel, from Philox streams keyed by ``(seed, input index, sample
-    index)`` (:mod:`saliencekit.commons.random`): a ``seed`` repeats a run exactly,
-    whatever the batch size or the order of batches (XLA draws other numbers from a seed).
-    Statistics are accumulated over chunks of samples (Chan et al.'s parallel
-    update), so memory is bounded by ``batch_size`` whatever ``nb_samples`` is: each
-    forward pass holds ``batch_size`` noisy inputs (several samples of one input when there
-    are fewer inputs than ``batch_size``).
+    A subclass says which points (:meth:`_points`) and what to make of their gradients'
+    mean and sum of squared deviations (:meth:`_statistic`). Statistics are accumulated over
+    chunks of samples (Chan et al.'s parallel update), one chunk in flight at a time, so
+    memory is bounded by ``batch_size`` whatever ``nb_samples`` is: each forward pass holds
+    ``batch_size`` points (several samples of one input when there are fewer inputs than
+    ``batch_size``).
     """
 
-    _stochastic = True
     #: whether the statistic needs the running sum of squared deviations
     _needs_m2 = False
+    nb_samples: int
 
-    def __init__(
-        self,
-        model: keras.Model,
-        nb_samples: int = 50,
-        noise: float = 0.2,
-        seed: int | None = None,
-        *,
-        output_layer: str | int | None = None,
-        batch_size: int = 64,
-        operator: Any = None,
-        reducer: str | None = "max",
-        jit_compile: bool = False,
-    ):
-        self.nb_samples = validation.positive_int("nb_samples", nb_samples)
-        self.noise = validation.non_negative_float("noise", noise)
-        self.seed = validation.optional_seed("seed", seed)
-        super().__init__(
-            model,
-            output_layer=output_layer,
-            batch_size=batch_size,
-            operator=operator,
-            reducer=reducer,
-            jit_compile=jit_compile,
-        )
+    def _points(self, inputs: tf.Tensor, seeds: tf.Tensor, sample: tf.Tensor) -> tf.Tensor:
+        """The points ``(copies, B, ...)`` of samples ``sample`` (``(copies,)`` int64)."""
+        raise NotImplementedError
 
     def _per_sample(self, gradients: tf.Tensor) -> tf.Tensor:
         return gradients
 
-    def _statistic(self, mean: tf.Tensor, m2: tf.Tensor, count: int) -> tf.Tensor:
+    def _statistic(self, inputs, mean: tf.Tensor, m2: tf.Tensor) -> tf.Tensor:
         raise NotImplementedError
 
     def _batch(self, inputs, targets, seeds):
@@ -88,32 +66,16 @@ class _NoisyGradients(WhiteBoxExplainer):
         sample_shape = inputs.shape[1:]
         copies = tf.clip_by_value(self.batch_size // batch, 1, self.nb_samples)  # per pass
         chunks = (self.nb_samples + copies - 1) // copies
-
-        def tile(tensor):  # (B, ...) -> (copies * B, ...), sample-major
-            if tensor is None:
-                return None
-            multiples = tf.concat([[copies], tf.ones([tensor.shape.rank], tf.int64)], 0)
-            return tf.reshape(tf.tile(tensor[None], multiples), (-1, *tensor.shape[1:]))
-
-        axes = list(range(1, inputs.shape.rank))
-        spread = tf.reduce_max(inputs, axes, keepdims=True) - tf.reduce_min(
-            inputs, axes, keepdims=True
-        )
-        sigma = tile(self.noise * spread)
-        x = tile(inputs)
-        t = tile(targets)
-        first_row, seed = seeds[0, 0], seeds[0, 1]
+        t = None
+        if targets is not None:  # (B, ...) -> (copies * B, ...), sample-major
+            multiples = tf.concat([[copies], tf.ones([targets.shape.rank], tf.int64)], 0)
+            t = tf.reshape(tf.tile(targets[None], multiples), (-1, *targets.shape[1:]))
         weight_shape = [-1] + [1] * (len(sample_shape) + 1)
 
         def chunk_stats(index):
             sample = index * copies + tf.range(copies, dtype=tf.int64)  # (copies,)
-            noise = tf.map_fn(  # one vectorised draw per sample of the chunk
-                lambda j: random.gaussian(sample_shape, seed, first_row, batch, j),
-                sample,
-                fn_output_signature=tf.TensorSpec((None, *sample_shape), tf.float32),
-            )
-            noise = tf.reshape(noise, (-1, *sample_shape))
-            values = self._per_sample(self._gradients(x + sigma * noise, t))
+            points = tf.reshape(self._points(inputs, seeds, sample), (-1, *sample_shape))
+            values = self._per_sample(self._gradients(points, t))
             values = tf.reshape(values, (copies, batch, *sample_shape))
             weight = tf.reshape(tf.cast(sample < self.nb_samples, tf.float32), weight_shape)
             n = tf.reduce_sum(weight)
@@ -141,7 +103,60 @@ class _NoisyGradients(WhiteBoxExplainer):
             if self._needs_m2:
                 m2 = m2 + chunk_m2 + tf.square(delta) * (count * n / total)
             count = total
-        return self._statistic(mean, m2, self.nb_samples)
+        return self._statistic(inputs, mean, m2)
+
+
+class _NoisyGradients(_SampledGradients):
+    """Gradients at ``nb_samples`` noisy copies of each input.
+
+    The noise is Gaussian with standard deviation ``noise * (max(x) - min(x))`` per input
+    (the paper's noise level, so it does not depend on the input's scale). It is drawn
+    inside the compiled kernel, from Philox streams keyed by ``(seed, input index, sample
+    index)`` (:mod:`saliencekit.commons.random`): a ``seed`` repeats a run exactly,
+    whatever the batch size or the order of batches (XLA draws other numbers from a seed).
+    """
+
+    _stochastic = True
+
+    def __init__(
+        self,
+        model: keras.Model,
+        nb_samples: int = 50,
+        noise: float = 0.2,
+        seed: int | None = None,
+        *,
+        output_layer: str | int | None = None,
+        batch_size: int = 64,
+        operator: Any = None,
+        reducer: str | None = "max",
+        jit_compile: bool = False,
+    ):
+        self.nb_samples = validation.positive_int("nb_samples", nb_samples)
+        self.noise = validation.non_negative_float("noise", noise)
+        self.seed = validation.optional_seed("seed", seed)
+        super().__init__(
+            model,
+            output_layer=output_layer,
+            batch_size=batch_size,
+            operator=operator,
+            reducer=reducer,
+            jit_compile=jit_compile,
+        )
+
+    def _points(self, inputs, seeds, sample):
+        batch = tf.shape(inputs, out_type=tf.int64)[0]
+        sample_shape = inputs.shape[1:]
+        axes = list(range(1, inputs.shape.rank))
+        sigma = self.noise * (
+            tf.reduce_max(inputs, axes, keepdims=True) - tf.reduce_min(inputs, axes, keepdims=True)
+        )
+        first_row, seed = seeds[0, 0], seeds[0, 1]
+        noise = tf.map_fn(  # one vectorised draw per sample of the chunk
+            lambda j: random.gaussian(sample_shape, seed, first_row, batch, j),
+            sample,
+            fn_output_signature=tf.TensorSpec((None, *sample_shape), tf.float32),
+        )
+        return inputs[None] + sigma[None] * noise
 
 
 class SmoothGrad(_NoisyGradients):
@@ -175,7 +190,7 @@ class SmoothGrad(_NoisyGradients):
     (2, 8, 8, 1)
     """
 
-    def _statistic(self, mean, m2, count):
+    def _statistic(self, inputs, mean, m2):
         return tf.abs(mean)
 
 
@@ -191,7 +206,7 @@ class SquareGrad(_NoisyGradients):
     def _per_sample(self, gradients):
         return tf.square(gradients)
 
-    def _statistic(self, mean, m2, count):
+    def _statistic(self, inputs, mean, m2):
         return mean
 
 
@@ -207,5 +222,148 @@ class VarGrad(_NoisyGradients):
 
     _needs_m2 = True
 
-    def _statistic(self, mean, m2, count):
-        return m2 / count
+    def _statistic(self, inputs, mean, m2):
+        return m2 / self.nb_samples
+
+
+class GradientInput(WhiteBoxExplainer):
+    """Gradient times input: ``x * d score / d x``, summed over channels by default.
+
+    Shrikumar et al. (2016), *Not Just a Black Box: Learning Important Features Through
+    Propagating Activation Differences*, https://arxiv.org/abs/1605.01713
+
+    Parameters are those of :class:`~saliencekit.attributions.WhiteBoxExplainer`, with
+    ``reducer="sum"`` by default: signed attributions are summed over channels, so a map's
+    total stays the total attribution. For a linear model ``w . x`` the map is ``w * x``.
+
+    Examples
+    --------
+    >>> import numpy as np, keras
+    >>> from saliencekit.attributions import GradientInput
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, use_bias=False)])
+    >>> model.layers[0].set_weights([np.array([[1.0], [-2.0], [3.0]], "float32")])
+    >>> GradientInput(model, operator="regression")(np.array([[1.0, 1.0, 2.0]])).numpy()
+    array([[ 1., -2.,  6.]], dtype=float32)
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        *,
+        output_layer: str | int | None = None,
+        batch_size: int = 64,
+        operator: Any = None,
+        reducer: str | None = "sum",
+        jit_compile: bool = False,
+    ):
+        super().__init__(
+            model,
+            output_layer=output_layer,
+            batch_size=batch_size,
+            operator=operator,
+            reducer=reducer,
+            jit_compile=jit_compile,
+        )
+
+    def _batch(self, inputs, targets, seeds):
+        return inputs * self._gradients(inputs, targets)
+
+
+class IntegratedGradients(_SampledGradients):
+    """Integrated Gradients: ``(x - x0) * mean of the gradients along the path x0 -> x``.
+
+    Sundararajan, Taly & Yan (2017), *Axiomatic Attribution for Deep Networks*,
+    https://arxiv.org/abs/1703.01365
+
+    Parameters
+    ----------
+    model, output_layer, batch_size, operator, jit_compile
+        As in :class:`~saliencekit.attributions.WhiteBoxExplainer`.
+    steps : int, default 50
+        Points on the straight path, at the midpoints ``(k + 0.5) / steps`` (a Riemann
+        sum whose error shrinks as ``1 / steps**2`` for smooth models).
+    baseline : float, array or callable, default 0.0
+        ``x0``: a constant, an array broadcasting to one input's shape, or a function
+        ``inputs -> baselines`` of TensorFlow ops (called inside the kernel).
+    reducer : default "sum"
+        Signed attributions are summed over channels, so that a map adds up to
+        ``score(x) - score(x0)`` (completeness).
+
+    The path's points are gradient batches like SmoothGrad's noisy copies: memory is
+    bounded by ``batch_size`` whatever ``steps`` is.
+
+    Examples
+    --------
+    >>> import numpy as np, keras
+    >>> from saliencekit.attributions import IntegratedGradients
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="tanh"),
+    ...                           keras.layers.Dense(1)])
+    >>> x = np.random.default_rng(0).normal(size=(2, 4)).astype("float32")
+    >>> maps = IntegratedGradients(model, steps=64, operator="regression")(x).numpy()
+    >>> gap = model(x).numpy()[:, 0] - model(np.zeros_like(x)).numpy()[:, 0]
+    >>> bool(np.allclose(maps.sum(axis=1), gap, atol=1e-3))
+    True
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        steps: int = 50,
+        baseline: Any = 0.0,
+        *,
+        output_layer: str | int | None = None,
+        batch_size: int = 64,
+        operator: Any = None,
+        reducer: str | None = "sum",
+        jit_compile: bool = False,
+    ):
+        self.steps = self.nb_samples = validation.positive_int("steps", steps)
+        self.baseline = baseline
+        self._baseline_fn = _baseline_function(baseline)
+        super().__init__(
+            model,
+            output_layer=output_layer,
+            batch_size=batch_size,
+            operator=operator,
+            reducer=reducer,
+            jit_compile=jit_compile,
+        )
+
+    def _points(self, inputs, seeds, sample):
+        baseline = self._baseline_fn(inputs)
+        alpha = (tf.cast(sample, tf.float32) + 0.5) / self.steps
+        alpha = tf.reshape(alpha, [-1] + [1] * inputs.shape.rank)
+        return baseline[None] + alpha * (inputs - baseline)[None]
+
+    def _statistic(self, inputs, mean, m2):
+        return (inputs - self._baseline_fn(inputs)) * mean
+
+
+def _baseline_function(baseline):
+    """``inputs -> baselines of the inputs' shape``, checked where it can be at once."""
+    if callable(baseline):
+        def from_callable(inputs):
+            value = tf.convert_to_tensor(baseline(inputs), tf.float32)
+            if value.shape.rank != inputs.shape.rank or not value.shape[1:].is_compatible_with(
+                    inputs.shape[1:]):
+                raise validation.value_error(
+                    "baseline", f"a callable returning baselines of the inputs' shape "
+                    f"{tuple(inputs.shape)}", f"shape {tuple(value.shape)}")
+            return value
+        return from_callable
+    if isinstance(baseline, bool) or not isinstance(baseline, (int, float, np.ndarray,
+                                                               tf.Tensor, list, tuple)):
+        raise validation.type_error(
+            "baseline", "a number, an array of one input's shape or a callable",
+            type(baseline).__name__)
+    constant = tf.constant(np.asarray(baseline, np.float32))
+    validation.finite_array("baseline", constant.numpy())
+
+    def from_constant(inputs):
+        try:
+            return tf.ensure_shape(tf.broadcast_to(constant, tf.shape(inputs)), inputs.shape)
+        except (ValueError, tf.errors.InvalidArgumentError):
+            raise validation.value_error(
+                "baseline", f"an array broadcasting to one input's shape {tuple(inputs.shape[1:])}",
+                f"shape {tuple(constant.shape)}") from None
+    return from_constant

@@ -82,6 +82,8 @@ def explainer_factories():
     from saliencekit.attributions import (
         FullGrad,
         GradCAM,
+        GradientInput,
+        IntegratedGradients,
         Occlusion,
         Saliency,
         SmoothGrad,
@@ -98,6 +100,8 @@ def explainer_factories():
         "GradCAM": lambda m, **kw: GradCAM(m, **kw),
         "FullGrad": lambda m, **kw: FullGrad(m, **kw),
         "Occlusion": lambda m, **kw: Occlusion(m, patch_size=4, patch_stride=3, **kw),
+        "GradientInput": lambda m, **kw: GradientInput(m, **kw),
+        "IntegratedGradients": lambda m, **kw: IntegratedGradients(m, steps=5, **kw),
     }
 
 
