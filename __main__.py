@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     labels = rng.integers(0, 2, args.images)
     evidence = masks[np.arange(args.images), labels]
     print(f"{args.images} scenes of {args.size}x{args.size}: explain the class of one square")
-    print(f"{'method':<12} {'pointing game':>14} {'mass in box':>12} {'seconds':>8}")
+    print(f"{'method':<20} {'pointing game':>14} {'mass in box':>12} {'seconds':>8}")
     explainers = {
         "Saliency": attributions.Saliency(model),
         "SmoothGrad": attributions.SmoothGrad(model, nb_samples=20, noise=0.1, seed=args.seed),
@@ -76,6 +76,8 @@ def main(argv=None) -> int:
         "GradCAM": attributions.GradCAM(model),
         "FullGrad": attributions.FullGrad(model),
         "Occlusion": attributions.Occlusion(model, patch_size=args.size // 8),
+        "GradientInput": attributions.GradientInput(model),
+        "IntegratedGradients": attributions.IntegratedGradients(model, steps=32),
     }
     for name, explainer in explainers.items():
         start = time.perf_counter()
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
         hits = evidence.reshape(len(maps), -1)[np.arange(len(maps)), flat.argmax(1)]
         positive = np.clip(maps, 0, None)
         mass = (positive * evidence).sum((1, 2)) / np.maximum(positive.sum((1, 2)), 1e-12)
-        print(f"{name:<12} {hits.mean():>13.0%} {mass.mean():>12.2f} {seconds:>8.2f}")
+        print(f"{name:<20} {hits.mean():>14.0%} {mass.mean():>12.2f} {seconds:>8.2f}")
     return 0
 
 
