@@ -1,7 +1,7 @@
 """Explainers: ``method = SmoothGrad(model, ...)``, ``maps = method.explain(x, y)``."""
 
 from .base import BlackBoxExplainer, WhiteBoxExplainer
-from .cam import GradCAM
+from .cam import GradCAM, GradCAMPP, LayerCAM
 from .fullgrad import FullGrad
 from .gradients import (
     GradientInput,
@@ -17,8 +17,10 @@ __all__ = [
     "BlackBoxExplainer",
     "FullGrad",
     "GradCAM",
+    "GradCAMPP",
     "GradientInput",
     "IntegratedGradients",
+    "LayerCAM",
     "Occlusion",
     "Saliency",
     "SmoothGrad",

@@ -1,4 +1,4 @@
-"""Class activation maps: GradCAM."""
+"""Class activation maps: GradCAM, GradCAMPP (Grad-CAM++), LayerCAM."""
 
 from __future__ import annotations
 
@@ -21,6 +21,18 @@ def weighted_activations(activations: tf.Tensor, weights: tf.Tensor) -> tf.Tenso
     """``relu(sum_c weights[c] * activations[..., c])``, ``(B, *s, C), (B, C) -> (B, *s)``."""
     shape = [-1] + [1] * (activations.shape.rank - 2) + [weights.shape[-1]]
     return tf.nn.relu(tf.reduce_sum(activations * tf.reshape(weights, shape), axis=-1))
+
+
+def gradcampp_weights(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+    """Grad-CAM++'s channel weights ``(B, *s, C), (B, *s, C) -> (B, C)``:
+    ``sum_ij alpha_ij relu(g_ij)`` with ``alpha = g^2 / (2 g^2 + sum_ab A_ab g^3)``, the
+    paper's closed form under an exponential of the score (as pytorch-grad-cam computes it).
+    """
+    spatial = list(range(1, gradients.shape.rank - 1))
+    squared = tf.square(gradients)
+    total = tf.reduce_sum(activations, axis=spatial, keepdims=True)
+    alpha = tf.math.divide_no_nan(squared, 2.0 * squared + total * squared * gradients)
+    return tf.reduce_sum(alpha * tf.nn.relu(gradients), axis=spatial)
 
 
 def find_conv_node(graph, model, conv_layer, argument: str = "conv_layer"):
@@ -125,6 +137,53 @@ class GradCAM(WhiteBoxExplainer):
         _, (activations,), (gradients,) = self._tapped_gradients(
             self._tapped, inputs, targets, wrt_inputs=False
         )
-        activations = tf.cast(activations, tf.float32)
-        gradients = tf.cast(gradients, tf.float32)
+        return self._cam(tf.cast(activations, tf.float32), tf.cast(gradients, tf.float32))
+
+    def _cam(self, activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
+        """``(B, *s, C)`` activations and gradients -> ``(B, *s)`` map."""
         return weighted_activations(activations, gradcam_weights(gradients))
+
+
+class GradCAMPP(GradCAM):
+    """Grad-CAM++: channel weights from positive gradients, weighted per position.
+
+    Chattopadhyay et al. (2018), *Grad-CAM++: Improved Visual Explanations for Deep
+    Convolutional Networks*, https://arxiv.org/abs/1710.11063
+
+    Parameters and layer discovery as in :class:`GradCAM`. Weights are
+    :func:`gradcampp_weights` (the closed form of the paper's higher-order terms).
+
+    Examples
+    --------
+    >>> import numpy as np, keras
+    >>> from saliencekit.attributions import GradCAMPP
+    >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
+    ...                           keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    >>> tuple(GradCAMPP(model).explain(np.ones((1, 8, 8, 3)), [1]).shape)
+    (1, 8, 8, 1)
+    """
+
+    def _cam(self, activations, gradients):
+        return weighted_activations(activations, gradcampp_weights(activations, gradients))
+
+
+class LayerCAM(GradCAM):
+    """LayerCAM: activations weighted per position by their positive gradients.
+
+    Jiang et al. (2021), *LayerCAM: Exploring Hierarchical Class Activation Maps for
+    Localization*, IEEE TIP, https://doi.org/10.1109/TIP.2021.3089943 (no arXiv version);
+    ``relu(sum_c relu(g_c) * A_c)``. It works on earlier, finer layers too: pass
+    ``conv_layer=``.
+
+    Examples
+    --------
+    >>> import numpy as np, keras
+    >>> from saliencekit.attributions import LayerCAM
+    >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
+    ...                           keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    >>> tuple(LayerCAM(model).explain(np.ones((1, 8, 8, 3)), [1]).shape)
+    (1, 8, 8, 1)
+    """
+
+    def _cam(self, activations, gradients):
+        return tf.nn.relu(tf.reduce_sum(tf.nn.relu(gradients) * activations, axis=-1))

@@ -82,8 +82,10 @@ def explainer_factories():
     from saliencekit.attributions import (
         FullGrad,
         GradCAM,
+        GradCAMPP,
         GradientInput,
         IntegratedGradients,
+        LayerCAM,
         Occlusion,
         Saliency,
         SmoothGrad,
@@ -101,9 +103,11 @@ def explainer_factories():
         "FullGrad": lambda m, **kw: FullGrad(m, **kw),
         "Occlusion": lambda m, **kw: Occlusion(m, patch_size=4, patch_stride=3, **kw),
         "GradientInput": lambda m, **kw: GradientInput(m, **kw),
+        "GradCAMPP": lambda m, **kw: GradCAMPP(m, **kw),
+        "LayerCAM": lambda m, **kw: LayerCAM(m, **kw),
         "IntegratedGradients": lambda m, **kw: IntegratedGradients(m, steps=5, **kw),
     }
 
 
 EXPLAINERS = sorted(explainer_factories())
-GRAPH_ONLY = {"GradCAM", "FullGrad"}  # need a functional/Sequential model
+GRAPH_ONLY = {"GradCAM", "GradCAMPP", "LayerCAM", "FullGrad"}  # need a functional/Sequential model

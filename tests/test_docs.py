@@ -28,5 +28,5 @@ def test_every_explainer_cites_its_paper_and_has_an_example():
         if name.endswith("Explainer"):
             continue
         doc = getattr(attributions, name).__doc__
-        assert "arxiv.org" in doc, name
+        assert "arxiv.org" in doc or "doi.org" in doc, name
         assert ">>>" in doc or name in ("SquareGrad", "VarGrad"), name

@@ -234,8 +234,13 @@ def scene(red_at, blue_at):
     return image
 
 
-@pytest.mark.parametrize("method", [GradCAM, Saliency, Occlusion, FullGrad])
+@pytest.mark.parametrize("method", [GradCAM, Saliency, Occlusion, FullGrad, "GradCAMPP",
+                                    "LayerCAM", "GradientInput", "IntegratedGradients"])
 def test_maps_peak_on_the_evidence(method):
+    if isinstance(method, str):
+        import saliencekit.attributions
+
+        method = getattr(saliencekit.attributions, method)
     model = evidence_model()
     images = np.stack([scene((1, 1), (10, 10)), scene((10, 2), (2, 10))])
     kwargs = {"patch_size": 2} if method is Occlusion else {}
@@ -398,3 +403,17 @@ def test_integrated_gradients_baselines():
         explain("black")
     with pytest.raises(ValueError, match="steps: expected an integer >= 1, got 0"):
         IntegratedGradients(model, steps=0)
+
+
+def test_gradcampp_and_layercam_on_hand_arrays():
+    from saliencekit.attributions.cam import gradcampp_weights
+
+    gradients = np.zeros((1, 1, 2, 2), "float32")
+    gradients[0, 0, :, 0] = [1.0, 2.0]
+    gradients[0, 0, :, 1] = [-1.0, 0.0]
+    activations = np.ones((1, 1, 2, 2), "float32")
+    activations[0, 0, :, 0] = [1.0, 3.0]  # channel sums: 4 and 2
+    weights = gradcampp_weights(tf.constant(activations), tf.constant(gradients)).numpy()
+    # channel 0: alpha = g^2 / (2 g^2 + 4 g^3): 1/6 at g=1, 4/40 at g=2 -> 1/6*1 + 0.1*2
+    # channel 1: negative or zero gradients count for nothing
+    np.testing.assert_allclose(weights, [[1 / 6 + 0.2, 0.0]], rtol=1e-6)
