@@ -74,6 +74,8 @@ def main(argv=None) -> int:
         "SquareGrad": attributions.SquareGrad(model, nb_samples=20, noise=0.1, seed=args.seed),
         "VarGrad": attributions.VarGrad(model, nb_samples=20, noise=0.1, seed=args.seed),
         "GradCAM": attributions.GradCAM(model),
+        "GradCAMPP": attributions.GradCAMPP(model),
+        "LayerCAM": attributions.LayerCAM(model),
         "FullGrad": attributions.FullGrad(model),
         "Occlusion": attributions.Occlusion(model, patch_size=args.size // 8),
         "GradientInput": attributions.GradientInput(model),
