@@ -33,6 +33,10 @@ import tensorflow as tf
 from saliencekit.attributions import (
     FullGrad,
     GradCAM,
+    GradCAMPP,
+    GradientInput,
+    IntegratedGradients,
+    LayerCAM,
     Occlusion,
     Saliency,
     SmoothGrad,
@@ -75,7 +79,9 @@ def resnet50():
 
 
 MODELS = {"mlp": mlp, "cnn": cnn, "mobilenetv2": mobilenetv2, "resnet50": resnet50}
-METHODS = ["saliency", "smoothgrad", "gradcam", "fullgrad", "occlusion"]
+METHODS = ["saliency", "smoothgrad", "gradcam", "fullgrad", "occlusion", "gradientinput",
+           "integratedgradients", "gradcampp", "layercam"]
+IG_STEPS = 20
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -166,6 +172,14 @@ def explainers(name, model, n, conv_layer, shape):
                     "fwd+bwd to conv", 1),
         "fullgrad": (lambda: FullGrad(model, batch_size=n), "fwd+bwd", 1),
         "occlusion": (lambda: Occlusion(model, patch_size=patch, batch_size=n), "fwd", patches),
+        "gradientinput": (lambda: GradientInput(model, batch_size=n), "fwd+bwd", 1),
+        "integratedgradients": (lambda: IntegratedGradients(model, steps=IG_STEPS,
+                                                            batch_size=n * IG_STEPS),
+                                "fwd+bwd", IG_STEPS),
+        "gradcampp": (lambda: GradCAMPP(model, conv_layer=conv_layer, batch_size=n),
+                      "fwd+bwd to conv", 1),
+        "layercam": (lambda: LayerCAM(model, conv_layer=conv_layer, batch_size=n),
+                     "fwd+bwd to conv", 1),
     }
 
 
@@ -183,6 +197,12 @@ def xplique_explainer(method, model, n, conv_layer, shape):
         return xa.GradCAM(model, conv_layer=conv_layer, batch_size=n)
     if method == "occlusion" and len(shape) == 4:
         return xa.Occlusion(model, patch_size=patch, patch_stride=patch, batch_size=n)
+    if method == "gradientinput":
+        return xa.GradientInput(model, batch_size=n)
+    if method == "integratedgradients":
+        return xa.IntegratedGradients(model, steps=IG_STEPS, batch_size=n * IG_STEPS)
+    if method == "gradcampp" and conv_layer is not None:
+        return xa.GradCAMPP(model, conv_layer=conv_layer, batch_size=n)
     return None
 
 
@@ -205,7 +225,7 @@ def speed(args):
             calls[key] = lambda f=function, x=x: f(x)
         for method in args.methods:
             build, ref, multiple = explainers(model_name, model, n, conv_layer, shape)[method]
-            if method == "gradcam" and conv_layer is None:
+            if method in ("gradcam", "gradcampp", "layercam") and conv_layer is None:
                 continue
             start = time.perf_counter()
             explainer = build()
