@@ -11,6 +11,7 @@ from .gradients import (
     SquareGrad,
     VarGrad,
 )
+from .meta import Smoothed
 from .occlusion import Occlusion
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Occlusion",
     "Saliency",
     "SmoothGrad",
+    "Smoothed",
     "SquareGrad",
     "VarGrad",
     "WhiteBoxExplainer",

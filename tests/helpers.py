@@ -88,6 +88,7 @@ def explainer_factories():
         LayerCAM,
         Occlusion,
         Saliency,
+        Smoothed,
         SmoothGrad,
         SquareGrad,
         VarGrad,
@@ -105,9 +106,12 @@ def explainer_factories():
         "GradientInput": lambda m, **kw: GradientInput(m, **kw),
         "GradCAMPP": lambda m, **kw: GradCAMPP(m, **kw),
         "LayerCAM": lambda m, **kw: LayerCAM(m, **kw),
+        "SmoothedGradCAM": lambda m, noise=0.1, **kw: Smoothed(
+            GradCAM(m, **kw), nb_samples=3, noise=noise, seed=3),
         "IntegratedGradients": lambda m, **kw: IntegratedGradients(m, steps=5, **kw),
     }
 
 
 EXPLAINERS = sorted(explainer_factories())
-GRAPH_ONLY = {"GradCAM", "GradCAMPP", "LayerCAM", "FullGrad"}  # need a functional/Sequential model
+# these need a functional or Sequential model
+GRAPH_ONLY = {"GradCAM", "GradCAMPP", "LayerCAM", "FullGrad", "SmoothedGradCAM"}

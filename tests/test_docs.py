@@ -11,6 +11,7 @@ MODULES = [
     "saliencekit.attributions.cam",
     "saliencekit.attributions.fullgrad",
     "saliencekit.attributions.occlusion",
+    "saliencekit.attributions.meta",
 ]
 
 

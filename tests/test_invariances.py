@@ -191,7 +191,8 @@ def test_reducer_takes_effect(reducer, images, labels):
 def test_jit_compile_gives_the_same_maps(name, images, labels):
     """XLA draws other noise from a seed: noisy methods are compared without noise."""
     model = small_cnn()
-    kwargs = {"noise": 0.0} if name in ("SmoothGrad", "SquareGrad", "VarGrad") else {}
+    noisy = ("SmoothGrad", "SquareGrad", "VarGrad", "SmoothedGradCAM")
+    kwargs = {"noise": 0.0} if name in noisy else {}
     plain = FACTORIES[name](model, **kwargs)(images, labels).numpy()
     xla = FACTORIES[name](model, jit_compile=True, **kwargs)(images, labels).numpy()
     np.testing.assert_allclose(xla, plain, rtol=1e-3, atol=1e-5)

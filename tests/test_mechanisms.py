@@ -43,7 +43,9 @@ def test_noisy_kernels_do_not_grow_with_nb_samples(name):
     assert not any(200 * 4 in c or 200 in c for c in many_consts if len(c) > 1)
 
 
-@pytest.mark.parametrize("name", ["SmoothGrad", "VarGrad", "Occlusion", "IntegratedGradients"])
+@pytest.mark.parametrize(
+    "name", ["SmoothGrad", "VarGrad", "Occlusion", "IntegratedGradients", "SmoothedGradCAM"]
+)
 def test_loops_run_one_iteration_at_a_time(name):
     """tf.while_loop runs 10 iterations in parallel by default: each would hold a forward
     and backward pass's activations, so memory would grow past the batch_size bound."""

@@ -81,14 +81,14 @@ def test_time_series_and_tabular_inputs():
     x = np.random.default_rng(0).random((5, 20, 2)).astype("float32")
     for name in EXPLAINERS:
         maps = FACTORIES[name](series).explain(x, [0, 1, 2, 0, 1]).numpy()
-        one = ("GradCAM", "GradCAMPP", "LayerCAM", "Occlusion", "FullGrad")
+        one = ("GradCAM", "GradCAMPP", "LayerCAM", "Occlusion", "FullGrad", "SmoothedGradCAM")
         channels = 1 if name in one else 2  # gradients keep a series' channels
         assert maps.shape == (5, 20, channels), name
         assert np.isfinite(maps).all()
     table = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
                               keras.layers.Dense(2)])
     rows = np.random.default_rng(1).random((4, 6)).astype("float32")
-    for name in set(EXPLAINERS) - {"GradCAM", "GradCAMPP", "LayerCAM"}:
+    for name in set(EXPLAINERS) - {"GradCAM", "GradCAMPP", "LayerCAM", "SmoothedGradCAM"}:
         maps = FACTORIES[name](table).explain(rows, [0, 1, 1, 0]).numpy()
         assert maps.shape == (4, 6), name
     with pytest.raises(ValueError, match="spatial output"):
