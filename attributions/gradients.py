@@ -144,19 +144,11 @@ class _NoisyGradients(_SampledGradients):
         )
 
     def _points(self, inputs, seeds, sample):
-        batch = tf.shape(inputs, out_type=tf.int64)[0]
-        sample_shape = inputs.shape[1:]
-        axes = list(range(1, inputs.shape.rank))
-        sigma = self.noise * (
-            tf.reduce_max(inputs, axes, keepdims=True) - tf.reduce_min(inputs, axes, keepdims=True)
-        )
-        first_row, seed = seeds[0, 0], seeds[0, 1]
-        noise = tf.map_fn(  # one vectorised draw per sample of the chunk
-            lambda j: random.gaussian(sample_shape, seed, first_row, batch, j),
+        return tf.map_fn(  # one vectorised draw per sample of the chunk
+            lambda j: random.noisy(inputs, self.noise, seeds, j),
             sample,
-            fn_output_signature=tf.TensorSpec((None, *sample_shape), tf.float32),
+            fn_output_signature=tf.TensorSpec((None, *inputs.shape[1:]), tf.float32),
         )
-        return inputs[None] + sigma[None] * noise
 
 
 class SmoothGrad(_NoisyGradients):

@@ -73,16 +73,8 @@ class Smoothed(BlackBoxExplainer):
                 f"noise={self.noise}, seed={self.seed})")
 
     def _batch(self, inputs, targets, seeds):
-        batch = tf.shape(inputs, out_type=tf.int64)[0]
-        axes = list(range(1, inputs.shape.rank))
-        sigma = self.noise * (
-            tf.reduce_max(inputs, axes, keepdims=True) - tf.reduce_min(inputs, axes, keepdims=True)
-        )
-        first_row, seed = seeds[0, 0], seeds[0, 1]
-
         def sample_maps(sample):
-            noisy = inputs + sigma * random.gaussian(inputs.shape[1:], seed, first_row, batch,
-                                                     sample)
+            noisy = random.noisy(inputs, self.noise, seeds, sample)
             # a stochastic wrapped explainer gets its own seed per sample
             inner_seeds = tf.stack([seeds[:, 0], seeds[:, 1] * 7919 + sample + 1], axis=1)
             wrapped = self.explainer

@@ -36,3 +36,16 @@ def gaussian(shape, seed: tf.Tensor, first_row: tf.Tensor, rows, sample: tf.Tens
         dtype=tf.float32,
     )
     return tf.reshape(noise[:, :size], (-1, *shape))
+
+
+def noisy(inputs: tf.Tensor, noise: float, seeds: tf.Tensor, sample: tf.Tensor) -> tf.Tensor:
+    """``inputs`` plus Gaussian noise of standard deviation ``noise * (max(x) - min(x))``
+    per input (SmoothGrad's noise level), for sample ``sample``. ``seeds`` is the kernel's
+    ``(B, 2)`` per-row ``(index, seed)``; rows are taken to be consecutive."""
+    axes = list(range(1, inputs.shape.rank))
+    sigma = noise * (
+        tf.reduce_max(inputs, axes, keepdims=True) - tf.reduce_min(inputs, axes, keepdims=True)
+    )
+    rows = tf.shape(inputs, out_type=tf.int64)[0]
+    draw = gaussian(inputs.shape[1:], seeds[0, 1], seeds[0, 0], rows, sample)
+    return inputs + sigma * draw
