@@ -1,7 +1,7 @@
 """Explainers: ``method = SmoothGrad(model, ...)``, ``maps = method.explain(x, y)``."""
 
 from .base import BlackBoxExplainer, WhiteBoxExplainer
-from .cam import GradCAM, GradCAMPP, LayerCAM
+from .cam import GradCAM, GradCAMPP, LayerCAM, ScoreCAM
 from .fullgrad import FullGrad
 from .gradients import (
     GradientInput,
@@ -11,19 +11,24 @@ from .gradients import (
     SquareGrad,
     VarGrad,
 )
-from .meta import Smoothed
+from .guided import DeconvNet, GuidedBackprop
+from .meta import TTA, Smoothed
 from .occlusion import Occlusion
 
 __all__ = [
+    "TTA",
     "BlackBoxExplainer",
+    "DeconvNet",
     "FullGrad",
     "GradCAM",
     "GradCAMPP",
     "GradientInput",
+    "GuidedBackprop",
     "IntegratedGradients",
     "LayerCAM",
     "Occlusion",
     "Saliency",
+    "ScoreCAM",
     "SmoothGrad",
     "Smoothed",
     "SquareGrad",

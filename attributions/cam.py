@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from ..commons import model as inspect_model
-from ..commons import validation
+from ..commons import postprocess, validation
 from .base import WhiteBoxExplainer
 
 
@@ -187,3 +187,67 @@ class LayerCAM(GradCAM):
 
     def _cam(self, activations, gradients):
         return tf.nn.relu(tf.reduce_sum(tf.nn.relu(gradients) * activations, axis=-1))
+
+
+class ScoreCAM(GradCAM):
+    """Score-CAM: activations weighted by the score of the input masked by each of them.
+
+    Wang et al. (2020), *Score-CAM: Score-Weighted Visual Explanations for Convolutional
+    Neural Networks*, https://arxiv.org/abs/1910.01279
+
+    Parameters and layer discovery as in :class:`GradCAM`. Each channel ``k`` of the
+    layer's activations is resized to the input's size and min-max normalised into a mask
+    ``M_k``; its weight is the softmax over channels of ``score(x * M_k)`` (the explained
+    output, so the logits when the model or ``output_layer`` gives them). The map is
+    ``relu(sum_k w_k A_k)``. No gradient is used: one forward pass per channel, ``batch_size``
+    masked inputs at a time, so memory is bounded by ``batch_size`` whatever the number of
+    channels. It is exact but costs ``channels`` forward passes per input: choose a layer
+    with few channels, or a small ``batch_size`` times many inputs.
+
+    Examples
+    --------
+    >>> import numpy as np, keras
+    >>> from saliencekit.attributions import ScoreCAM
+    >>> model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
+    ...                           keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    >>> tuple(ScoreCAM(model).explain(np.ones((1, 8, 8, 3)), [1]).shape)
+    (1, 8, 8, 1)
+    """
+
+    def _batch(self, inputs, targets, seeds):
+        results = self._tapped(inputs, training=False)
+        activations = tf.cast(results[-1], tf.float32)  # (B, *s, K)
+        channels = activations.shape[-1]
+        masks = _channel_masks(activations, tuple(inputs.shape[1:-1]))  # (B, *S, K)
+        batch = tf.shape(inputs, out_type=tf.int64)[0]
+        copies = tf.clip_by_value(self.batch_size // batch, 1, channels)  # channels per pass
+        chunks = (channels + copies - 1) // copies
+        t = None
+        if targets is not None:  # (B, ...) -> (copies * B, ...), channel-major
+            multiples = tf.concat([[copies], tf.ones([targets.shape.rank], tf.int64)], 0)
+            t = tf.reshape(tf.tile(targets[None], multiples), (-1, *targets.shape[1:]))
+        # channel-major masks, padded to whole chunks: (chunks * copies, B, *S)
+        order = [masks.shape.rank - 1, *range(masks.shape.rank - 1)]
+        masks = tf.transpose(masks, order)
+        masks = tf.concat([masks, tf.zeros_like(masks[:1])], 0)  # index `channels`: padding
+        scores = tf.TensorArray(tf.float32, size=tf.cast(chunks, tf.int32))
+        for index in tf.range(chunks):
+            tf.autograph.experimental.set_loop_options(parallel_iterations=1)  # memory bound
+            channel = tf.minimum(index * copies + tf.range(copies), channels)
+            masked = inputs[None] * tf.gather(masks, channel)[..., None]  # (copies, B, *S, C)
+            masked = tf.reshape(masked, (-1, *inputs.shape[1:]))
+            scores = scores.write(tf.cast(index, tf.int32), tf.reshape(
+                self._score(masked, t), (copies, batch)))
+        scores = tf.reshape(scores.stack(), (-1, batch))[:channels]  # (K, B)
+        weights = tf.ensure_shape(tf.nn.softmax(tf.transpose(scores), axis=-1), (None, channels))
+        return weighted_activations(activations, weights)
+
+
+def _channel_masks(activations: tf.Tensor, spatial: tuple) -> tf.Tensor:
+    """Each channel resized to ``spatial`` and min-max normalised over positions (a
+    constant channel gives a zero mask)."""
+    resized = postprocess.resize_spatial(activations, spatial)
+    axes = list(range(1, resized.shape.rank - 1))
+    low = tf.reduce_min(resized, axis=axes, keepdims=True)
+    high = tf.reduce_max(resized, axis=axes, keepdims=True)
+    return tf.math.divide_no_nan(resized - low, high - low)

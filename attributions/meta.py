@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from ..commons import random, validation
+from ..commons import model as inspect_model
+from ..commons import postprocess, random, validation
+from ..operators import tasks
 from .base import BlackBoxExplainer
 
 
@@ -87,3 +89,135 @@ class Smoothed(BlackBoxExplainer):
             tf.autograph.experimental.set_loop_options(parallel_iterations=1)  # memory bound
             total += tf.ensure_shape(sample_maps(sample), total.shape)
         return total / self.nb_samples
+
+
+class TTA(BlackBoxExplainer):
+    """Test-time augmentation: explains rescaled and mirrored views of the inputs, maps
+    each view's map back to the input's frame (unflip, resize) and averages them.
+
+    The multi-scale, mirrored evaluation of Simonyan & Zisserman (2014), *Very Deep
+    Convolutional Networks for Large-Scale Image Recognition*,
+    https://arxiv.org/abs/1409.1556, applied to maps instead of predictions (as
+    pytorch-grad-cam's ``aug_smooth``); see Shanmugam et al. (2020), *Better Aggregation in
+    Test-Time Augmentation*, https://arxiv.org/abs/2011.11156, on when averaging views helps.
+
+    Parameters
+    ----------
+    explainer : BlackBoxExplainer
+        Any saliencekit explainer of images, a meta-explainer included. Its model,
+        operator, batch size and ``jit_compile`` are used.
+    scales : sequence of float, default (0.5, 1.5, 2.0)
+        Input sizes relative to the original; the original view (scale 1, not flipped) is
+        always included, once. A model with a fixed input size takes only ``scales=()``.
+    hflip : bool, default True
+        Also explain the horizontally flipped copy of every view.
+    resize_method : str, default "bilinear"
+        How views are resized and maps resized back: a ``tf.image.resize`` method.
+
+    Views go through the wrapped explainer's per-batch maths one after the other inside
+    one compiled kernel, so memory is bounded by ``batch_size`` times the largest view.
+    Targets left ``None`` are resolved once, on the original inputs. A stochastic wrapped
+    explainer gets its own seed per view. Composition: ``TTA(Smoothed(e))`` adds noise to
+    each view (after rescaling), ``Smoothed(TTA(e))`` rescales each noisy copy; both
+    average the same kind of maps, and differ only in where the noise is drawn.
+
+    Examples
+    --------
+    >>> import numpy as np, keras
+    >>> from saliencekit.attributions import TTA, GradCAM
+    >>> model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(4, 3),
+    ...                           keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    >>> tta = TTA(GradCAM(model), scales=(0.5, 2.0), hflip=True)
+    >>> tta.views
+    ((1.0, False), (1.0, True), (0.5, False), (0.5, True), (2.0, False), (2.0, True))
+    >>> tuple(tta.explain(np.ones((2, 16, 16, 3)), [0, 1]).shape)
+    (2, 16, 16, 1)
+    """
+
+    def __init__(
+        self,
+        explainer: BlackBoxExplainer,
+        scales=(0.5, 1.5, 2.0),
+        hflip: bool = True,
+        resize_method: str = "bilinear",
+    ):
+        if not isinstance(explainer, BlackBoxExplainer):
+            raise validation.type_error(
+                "explainer", "a saliencekit explainer", type(explainer).__name__
+            )
+        self.explainer = explainer
+        self.scales = validation.positive_floats("scales", scales)
+        if not isinstance(hflip, bool):
+            raise validation.type_error("hflip", "True or False", repr(hflip))
+        self.hflip = hflip
+        self.resize_method = validation.one_of("resize_method", resize_method, _RESIZE_METHODS)
+        super().__init__(
+            explainer.model,
+            batch_size=explainer.batch_size,
+            operator=explainer.operator,
+            jit_compile=explainer.jit_compile,
+        )
+        self._explained = explainer._explained  # targets resolve on the wrapped output
+        self._check_setting()
+        views = [(1.0, False)] + [(1.0, True)] * hflip
+        for scale in dict.fromkeys(s for s in self.scales if s != 1.0):
+            views += [(scale, False)] + [(scale, True)] * hflip
+        self.views = tuple(views)
+
+    def _check_setting(self):
+        if self.operator in (tasks.semantic_segmentation, tasks.object_detection):
+            raise validation.value_error(
+                "explainer", "an explainer whose targets do not depend on where things are "
+                "in the image (classification, regression or a callable operator)",
+                f"an explainer of operator {getattr(self.operator, '__name__', self.operator)!r}")
+        shape = inspect_model.sample_input_shape(self._explained)
+        if shape is not None and len(shape) != 3:
+            raise validation.value_error(
+                "explainer", "an explainer of an image model, inputs (N, H, W, C)",
+                f"a model with inputs of shape (N, {', '.join(map(str, shape))})")
+        if shape is not None and any(d is not None for d in shape[:2]) and any(
+                s != 1.0 for s in self.scales):
+            raise validation.value_error(
+                "scales", "() for a model with a fixed input size (only flips apply)",
+                f"{self.scales} for inputs of size {shape[:2]}",
+                "Build the model with keras.Input((None, None, channels)) to explain rescaled "
+                "views.")
+
+    @property
+    def _stochastic(self):  # follows the wrapped explainer
+        return self.explainer._stochastic
+
+    def _draw_seed(self) -> int:
+        return self.explainer._draw_seed()
+
+    def __repr__(self) -> str:
+        return (f"TTA({self.explainer!r}, scales={self.scales}, hflip={self.hflip}, "
+                f"resize_method={self.resize_method!r})")
+
+    def _batch(self, inputs, targets, seeds):
+        if inputs.shape.rank != 4:
+            raise validation.value_error(
+                "inputs", "images (N, H, W, C) for TTA", f"shape {tuple(inputs.shape)}")
+        size = inputs.shape[1:3]
+        wrapped = self.explainer
+        total = None
+        for number, (scale, flip) in enumerate(self.views):
+            view_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+            with tf.control_dependencies([] if total is None else [total]):  # one at a time
+                view = inputs
+                if view_size != tuple(size):
+                    view = tf.image.resize(view, view_size, method=self.resize_method)
+                if flip:
+                    view = tf.reverse(view, axis=[2])
+            view_seeds = seeds if number == 0 else tf.stack(
+                [seeds[:, 0], seeds[:, 1] * 104729 + number], axis=1)
+            maps = wrapped._postprocess(wrapped._batch(view, targets, view_seeds), view)
+            if flip:
+                maps = tf.reverse(maps, axis=[2])
+            maps = postprocess.resize_spatial(maps, tuple(size), self.resize_method)
+            total = maps if total is None else total + maps
+        return total / len(self.views)
+
+
+_RESIZE_METHODS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5",
+                   "gaussian", "mitchellcubic")

@@ -112,11 +112,15 @@ def fused_activation(layer: keras.layers.Layer):
     return activation
 
 
-def flatten(model: Any, split_activations=None, argument: str = "model") -> Graph:
+def flatten(
+    model: Any, split_activations=None, argument: str = "model", substitute=None
+) -> Graph:
     """Rebuild ``model`` as one functional graph with nested models inlined.
 
     ``split_activations(layer) -> bool`` selects layers whose fused activation is split
     off, so that their pre-activation is a tensor of the graph (``Node.pre_activation``).
+    ``substitute(layer) -> layer or None`` replaces layers in the rebuilt graph (the
+    activation layers split off included); the user's model keeps its own.
     Raises ``TypeError`` for a model without a graph (subclassed models).
     """
     if not has_graph(model):
@@ -127,7 +131,7 @@ def flatten(model: Any, split_activations=None, argument: str = "model") -> Grap
             "Gradient and black-box methods (Saliency, SmoothGrad, Occlusion, ...) work on "
             "any model.",
         )
-    return _flatten(model, split_activations, prefix="")
+    return _flatten(model, split_activations, substitute, prefix="")
 
 
 def _new_inputs(model) -> list:
@@ -145,13 +149,16 @@ def _new_inputs(model) -> list:
     return [keras.Input(batch_shape=(None, *t.shape[1:]), dtype=t.dtype) for t in inputs]
 
 
-def _flatten(model, split_activations, prefix: str) -> Graph:
+def _flatten(model, split_activations, substitute, prefix: str) -> Graph:
     graph = Graph(inputs=_new_inputs(model), outputs=[])
+
+    def replaced(layer):
+        return (substitute(layer) if substitute is not None else None) or layer
 
     def call_layer(layer, *args, **kwargs):
         path = prefix + layer.name
         if has_graph(layer):
-            inner = _flatten(layer, split_activations, prefix=path + "/")
+            inner = _flatten(layer, split_activations, substitute, prefix=path + "/")
             inner_model = inner.model([n.output for n in inner.nodes] + [
                 n.pre_activation for n in inner.nodes if n.pre_activation is not None
             ], name=layer.name)
@@ -171,12 +178,12 @@ def _flatten(model, split_activations, prefix: str) -> Graph:
         activation = fused_activation(layer)
         if split_activations is not None and activation is not None and split_activations(layer):
             pre_activation = PreActivation(layer)(*args, **kwargs)
-            output = keras.layers.Activation(activation, name=f"{layer.name}_activation")(
-                pre_activation
-            )
+            output = replaced(
+                keras.layers.Activation(activation, name=f"{layer.name}_activation")
+            )(pre_activation)
             graph.nodes.append(Node(layer, path, output, pre_activation))
             return output
-        output = layer(*args, **kwargs)
+        output = replaced(layer)(*args, **kwargs)
         graph.nodes.append(Node(layer, path, output))
         return output
 

@@ -79,6 +79,26 @@ def int_tuple(argument: str, value: Any, length: int) -> tuple[int, ...]:
     return tuple(positive_int(argument, v) for v in value)
 
 
+def positive_floats(argument: str, value: Any) -> tuple[float, ...]:
+    """A sequence (possibly empty) of finite numbers > 0."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, np.ndarray)):
+        raise type_error(argument, "a sequence of numbers > 0", _describe(value))
+    values = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise type_error(argument, "a sequence of numbers > 0", f"{_describe(v)} in it")
+        if not np.isfinite(v) or v <= 0:
+            raise value_error(argument, "a sequence of finite numbers > 0", f"{v} in it")
+        values.append(float(v))
+    return tuple(values)
+
+
+def one_of(argument: str, value: Any, options) -> Any:
+    if value not in options:
+        raise value_error(argument, f"one of {', '.join(map(repr, options))}", repr(value))
+    return value
+
+
 def operator_signature(operator: Any) -> None:
     """A user operator must be callable as ``operator(model, inputs, targets)``."""
     if not callable(operator):

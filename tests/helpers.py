@@ -80,14 +80,18 @@ MODEL_FACTORIES = {
 def explainer_factories():
     """name -> callable(model, **overrides) building each explainer with small settings."""
     from saliencekit.attributions import (
+        TTA,
+        DeconvNet,
         FullGrad,
         GradCAM,
         GradCAMPP,
         GradientInput,
+        GuidedBackprop,
         IntegratedGradients,
         LayerCAM,
         Occlusion,
         Saliency,
+        ScoreCAM,
         Smoothed,
         SmoothGrad,
         SquareGrad,
@@ -109,9 +113,18 @@ def explainer_factories():
         "SmoothedGradCAM": lambda m, noise=0.1, **kw: Smoothed(
             GradCAM(m, **kw), nb_samples=3, noise=noise, seed=3),
         "IntegratedGradients": lambda m, **kw: IntegratedGradients(m, steps=5, **kw),
+        "GuidedBackprop": lambda m, **kw: GuidedBackprop(m, **kw),
+        "DeconvNet": lambda m, **kw: DeconvNet(m, **kw),
+        "ScoreCAM": lambda m, **kw: ScoreCAM(m, **kw),
+        # the helpers' models have a fixed input size: flips only
+        "TTASaliency": lambda m, **kw: TTA(Saliency(m, **kw), scales=(), hflip=True),
     }
 
 
 EXPLAINERS = sorted(explainer_factories())
+# class activation maps: one channel, need a layer with a spatial output
+CAMS = {"GradCAM", "GradCAMPP", "LayerCAM", "ScoreCAM", "SmoothedGradCAM"}
 # these need a functional or Sequential model
-GRAPH_ONLY = {"GradCAM", "GradCAMPP", "LayerCAM", "FullGrad", "SmoothedGradCAM"}
+GRAPH_ONLY = CAMS | {"FullGrad", "GuidedBackprop", "DeconvNet"}
+# these explain images only
+IMAGES_ONLY = {"TTASaliency"}

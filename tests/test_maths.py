@@ -235,7 +235,8 @@ def scene(red_at, blue_at):
 
 
 @pytest.mark.parametrize("method", [GradCAM, Saliency, Occlusion, FullGrad, "GradCAMPP",
-                                    "LayerCAM", "GradientInput", "IntegratedGradients"])
+                                    "LayerCAM", "GradientInput", "IntegratedGradients",
+                                    "ScoreCAM", "GuidedBackprop"])
 def test_maps_peak_on_the_evidence(method):
     if isinstance(method, str):
         import saliencekit.attributions
@@ -417,3 +418,73 @@ def test_gradcampp_and_layercam_on_hand_arrays():
     # channel 0: alpha = g^2 / (2 g^2 + 4 g^3): 1/6 at g=1, 4/40 at g=2 -> 1/6*1 + 0.1*2
     # channel 1: negative or zero gradients count for nothing
     np.testing.assert_allclose(weights, [[1 / 6 + 0.2, 0.0]], rtol=1e-6)
+
+
+@given(rng=arrays, d=st.integers(1, 6), h=st.integers(1, 8), c=st.integers(1, 4),
+       n=st.integers(1, 5))
+def test_guided_backprop_and_deconvnet_on_known_relu_masks(rng, d, h, c, n):
+    """x -> relu(x W1) -> W2: saliency is W1 (mask * w), guided backprop W1 (mask * relu(w)),
+    DeconvNet W1 relu(w) (no mask), with w = W2[:, class] and mask = 1[x W1 > 0]."""
+    from saliencekit.attributions import DeconvNet, GuidedBackprop
+
+    w1 = rng.normal(size=(d, h)).astype("float32")
+    w2 = rng.normal(size=(h, c)).astype("float32")
+    model = keras.Sequential([keras.Input((d,)), keras.layers.Dense(h, use_bias=False),
+                              keras.layers.ReLU(), keras.layers.Dense(c, use_bias=False)])
+    model.layers[0].set_weights([w1])
+    model.layers[2].set_weights([w2])
+    x = rng.normal(size=(n, d)).astype("float32")
+    labels = rng.integers(0, c, size=n)
+    mask = (x @ w1 > 0).astype("float32")
+    w = w2[:, labels].T  # (n, h)
+    expected = {
+        Saliency: (mask * w) @ w1.T,
+        GuidedBackprop: (mask * np.maximum(w, 0)) @ w1.T,
+        DeconvNet: np.maximum(w, 0) @ w1.T,
+    }
+    for method, gradient in expected.items():
+        np.testing.assert_allclose(method(model)(x, labels).numpy(), np.abs(gradient),
+                                   rtol=1e-4, atol=1e-5, err_msg=method.__name__)
+
+
+def test_guided_backprop_finds_every_relu_and_leaves_other_activations():
+    from saliencekit.attributions import GuidedBackprop
+
+    inner_in = keras.Input((6,))
+    inner = keras.Model(inner_in, keras.layers.Dense(5, activation="relu6", name="in_relu6")(
+        inner_in), name="inner")
+    model = keras.Sequential([
+        keras.Input((6,)), inner, keras.layers.Dense(5, activation="tanh", name="tanh"),
+        keras.layers.LeakyReLU(0.1, name="leaky"), keras.layers.Dense(4, name="fused_relu",
+                                                                       activation="relu"),
+        keras.layers.Activation("relu", name="act"), keras.layers.Dense(2),
+    ])
+    explainer = GuidedBackprop(model)
+    assert set(explainer.relu_layers) == {"in_relu6", "leaky", "fused_relu", "act"}
+    x = np.random.default_rng(0).normal(size=(3, 6)).astype("float32")
+    np.testing.assert_allclose(explainer._explained(x).numpy(), model(x).numpy(), rtol=1e-6)
+    plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="tanh"),
+                              keras.layers.Dense(2)])
+    with pytest.warns(UserWarning, match="no ReLU"):
+        explained = GuidedBackprop(plain)
+    np.testing.assert_allclose(explained(x[:, :3], [0, 1, 0]).numpy(),
+                               Saliency(plain)(x[:, :3], [0, 1, 0]).numpy(), rtol=1e-6)
+
+
+def test_scorecam_weights_are_the_softmax_of_masked_scores():
+    """One input, a conv layer with two channels: the map is relu(sum_k w_k A_k) with w the
+    softmax of the scores of the input times each min-max normalised channel."""
+    from saliencekit.attributions import ScoreCAM
+
+    model = evidence_model()
+    image = scene((1, 1), (10, 10))[None]
+    tapped = keras.Model(model.inputs[0], model.get_layer("detector").output)
+    activations = tapped(image).numpy()  # (1, 16, 16, 2)
+    low = activations.min(axis=(1, 2), keepdims=True)
+    masks = (activations - low) / (activations.max(axis=(1, 2), keepdims=True) - low)
+    scores = np.stack([model(image * masks[..., k:k + 1]).numpy()[0, 1] for k in range(2)])
+    weights = np.exp(scores) / np.exp(scores).sum()
+    expected = np.maximum((activations[0] * weights).sum(-1), 0)
+    for batch_size in (1, 64):  # one channel per pass, or both
+        maps = ScoreCAM(model, batch_size=batch_size)(image, [1]).numpy()[0, ..., 0]
+        np.testing.assert_allclose(maps, expected, rtol=1e-5, atol=1e-6)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import EXPLAINERS, GRAPH_ONLY, explainer_factories
+from helpers import CAMS, EXPLAINERS, GRAPH_ONLY, IMAGES_ONLY, explainer_factories
 from saliencekit.attributions import FullGrad, GradCAM, Occlusion, Saliency, SmoothGrad
 
 FACTORIES = explainer_factories()
@@ -79,16 +79,15 @@ def test_time_series_and_tabular_inputs():
         keras.layers.Dense(3),
     ])
     x = np.random.default_rng(0).random((5, 20, 2)).astype("float32")
-    for name in EXPLAINERS:
+    for name in set(EXPLAINERS) - IMAGES_ONLY:
         maps = FACTORIES[name](series).explain(x, [0, 1, 2, 0, 1]).numpy()
-        one = ("GradCAM", "GradCAMPP", "LayerCAM", "Occlusion", "FullGrad", "SmoothedGradCAM")
-        channels = 1 if name in one else 2  # gradients keep a series' channels
+        channels = 1 if name in CAMS | {"Occlusion", "FullGrad"} else 2  # gradients keep them
         assert maps.shape == (5, 20, channels), name
         assert np.isfinite(maps).all()
     table = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
                               keras.layers.Dense(2)])
     rows = np.random.default_rng(1).random((4, 6)).astype("float32")
-    for name in set(EXPLAINERS) - {"GradCAM", "GradCAMPP", "LayerCAM", "SmoothedGradCAM"}:
+    for name in set(EXPLAINERS) - CAMS - IMAGES_ONLY:
         maps = FACTORIES[name](table).explain(rows, [0, 1, 1, 0]).numpy()
         assert maps.shape == (4, 6), name
     with pytest.raises(ValueError, match="spatial output"):
