@@ -31,14 +31,18 @@ import numpy as np
 import tensorflow as tf
 
 from saliencekit.attributions import (
+    TTA,
+    DeconvNet,
     FullGrad,
     GradCAM,
     GradCAMPP,
     GradientInput,
+    GuidedBackprop,
     IntegratedGradients,
     LayerCAM,
     Occlusion,
     Saliency,
+    ScoreCAM,
     SmoothGrad,
 )
 
@@ -80,7 +84,8 @@ def resnet50():
 
 MODELS = {"mlp": mlp, "cnn": cnn, "mobilenetv2": mobilenetv2, "resnet50": resnet50}
 METHODS = ["saliency", "smoothgrad", "gradcam", "fullgrad", "occlusion", "gradientinput",
-           "integratedgradients", "gradcampp", "layercam"]
+           "integratedgradients", "gradcampp", "layercam", "guidedbackprop", "deconvnet",
+           "scorecam", "tta"]
 IG_STEPS = 20
 
 
@@ -180,7 +185,22 @@ def explainers(name, model, n, conv_layer, shape):
                       "fwd+bwd to conv", 1),
         "layercam": (lambda: LayerCAM(model, conv_layer=conv_layer, batch_size=n),
                      "fwd+bwd to conv", 1),
+        "guidedbackprop": (lambda: GuidedBackprop(model, batch_size=n), "fwd+bwd", 1),
+        "deconvnet": (lambda: DeconvNet(model, batch_size=n), "fwd+bwd", 1),
+        # one forward pass of n masked inputs per channel of the layer
+        "scorecam": (lambda: ScoreCAM(model, conv_layer=conv_layer, batch_size=n), "fwd",
+                     _channels(model, conv_layer)),
+        # the benchmark's models have a fixed input size: the image and its mirror
+        "tta": (lambda: TTA(Saliency(model, batch_size=n), scales=(), hflip=True), "fwd+bwd", 2),
     }
+
+
+def _channels(model, conv_layer):
+    if conv_layer is None:
+        return 0
+    from saliencekit.commons.model import find_node, flatten
+
+    return find_node(flatten(model), model, conv_layer, "conv_layer").output.shape[-1]
 
 
 def xplique_explainer(method, model, n, conv_layer, shape):
@@ -203,6 +223,10 @@ def xplique_explainer(method, model, n, conv_layer, shape):
         return xa.IntegratedGradients(model, steps=IG_STEPS, batch_size=n * IG_STEPS)
     if method == "gradcampp" and conv_layer is not None:
         return xa.GradCAMPP(model, conv_layer=conv_layer, batch_size=n)
+    if method == "guidedbackprop":
+        return xa.GuidedBackprop(model, batch_size=n)
+    if method == "deconvnet":
+        return xa.DeconvNet(model, batch_size=n)
     return None
 
 
@@ -225,7 +249,7 @@ def speed(args):
             calls[key] = lambda f=function, x=x: f(x)
         for method in args.methods:
             build, ref, multiple = explainers(model_name, model, n, conv_layer, shape)[method]
-            if method in ("gradcam", "gradcampp", "layercam") and conv_layer is None:
+            if method in ("gradcam", "gradcampp", "layercam", "scorecam") and conv_layer is None:
                 continue
             start = time.perf_counter()
             explainer = build()
