@@ -251,6 +251,8 @@ def speed(args):
             build, ref, multiple = explainers(model_name, model, n, conv_layer, shape)[method]
             if method in ("gradcam", "gradcampp", "layercam", "scorecam") and conv_layer is None:
                 continue
+            if method == "tta" and len(shape) != 4:  # images only
+                continue
             start = time.perf_counter()
             explainer = build()
             calls[method] = lambda e=explainer, x=x, y=y: e.explain(x, y)
