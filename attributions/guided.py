@@ -30,6 +30,15 @@ def _is_relu(layer: keras.layers.Layer) -> bool:
     return False
 
 
+def _is_plain_relu(layer: keras.layers.Layer) -> bool:
+    """``max(x, 0)`` exactly, whose derivative is ``1[y > 0]``."""
+    if isinstance(layer, keras.layers.ReLU):
+        return (layer.max_value is None and not layer.negative_slope
+                and not layer.threshold)
+    return isinstance(layer, keras.layers.Activation) and getattr(
+        layer.activation, "__name__", "") == "relu"
+
+
 def _has_fused_relu(layer: keras.layers.Layer) -> bool:
     activation = inspect_model.fused_activation(layer)
     return getattr(activation, "__name__", "") in _RELU_NAMES
@@ -46,15 +55,26 @@ class _ModifiedBackward(keras.layers.Layer):
 
     def call(self, inputs):
         layer, rule = self._wrapped[0], self._rule
+        # a plain ReLU's backward pass is a mask, and DeconvNet needs none: no inner tape
+        direct = rule is deconvnet or _is_plain_relu(layer)
 
         @tf.custom_gradient
         def modified(x):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
+            if direct:
                 y = layer(x)
 
+                def local_backward(g):
+                    return g * tf.cast(y > 0, g.dtype)
+            else:
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    y = layer(x)
+
+                def local_backward(g):
+                    return tape.gradient(y, x, output_gradients=g)
+
             def backward(upstream):
-                return rule(upstream, lambda g: tape.gradient(y, x, output_gradients=g))
+                return rule(upstream, local_backward)
 
             return y, backward
 
