@@ -30,13 +30,24 @@ def _is_relu(layer: keras.layers.Layer) -> bool:
     return False
 
 
-def _is_plain_relu(layer: keras.layers.Layer) -> bool:
-    """``max(x, 0)`` exactly, whose derivative is ``1[y > 0]``."""
+def _relu_mask(layer: keras.layers.Layer):
+    """For ReLUs with a zero negative slope (capped or not), the derivative as a function
+    of the output, ``y -> 1[0 < y < cap]``; None for the others."""
+    cap = None
     if isinstance(layer, keras.layers.ReLU):
-        return (layer.max_value is None and not layer.negative_slope
-                and not layer.threshold)
-    return isinstance(layer, keras.layers.Activation) and getattr(
-        layer.activation, "__name__", "") == "relu"
+        if layer.negative_slope or layer.threshold:
+            return None
+        cap = layer.max_value
+    elif isinstance(layer, keras.layers.Activation):
+        name = getattr(layer.activation, "__name__", "")
+        if name not in ("relu", "relu6"):
+            return None
+        cap = 6.0 if name == "relu6" else None
+    else:
+        return None
+    if cap is None:
+        return lambda y: y > 0
+    return lambda y: (y > 0) & (y < cap)
 
 
 def _has_fused_relu(layer: keras.layers.Layer) -> bool:
@@ -55,8 +66,9 @@ class _ModifiedBackward(keras.layers.Layer):
 
     def call(self, inputs):
         layer, rule = self._wrapped[0], self._rule
-        # a plain ReLU's backward pass is a mask, and DeconvNet needs none: no inner tape
-        direct = rule is deconvnet or _is_plain_relu(layer)
+        # a ReLU's backward pass is a mask, and DeconvNet needs none: no inner tape
+        mask = _relu_mask(layer)
+        direct = rule is deconvnet or mask is not None
 
         @tf.custom_gradient
         def modified(x):
@@ -64,7 +76,7 @@ class _ModifiedBackward(keras.layers.Layer):
                 y = layer(x)
 
                 def local_backward(g):
-                    return g * tf.cast(y > 0, g.dtype)
+                    return g * tf.cast(mask(y), g.dtype)
             else:
                 with tf.GradientTape() as tape:
                     tape.watch(x)
@@ -110,6 +122,7 @@ class _ModifiedReLUGradients(Saliency):
         operator: Any = None,
         reducer: str | None = "max",
         jit_compile: bool = False,
+        strategy: tf.distribute.Strategy | None = None,
     ):
         super().__init__(
             model,
@@ -118,6 +131,7 @@ class _ModifiedReLUGradients(Saliency):
             operator=operator,
             reducer=reducer,
             jit_compile=jit_compile,
+            strategy=strategy,
         )
         replaced = []  # the user's layers whose ReLU is modified
 

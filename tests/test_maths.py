@@ -421,23 +421,27 @@ def test_gradcampp_and_layercam_on_hand_arrays():
 
 
 @given(rng=arrays, d=st.integers(1, 6), h=st.integers(1, 8), c=st.integers(1, 4),
-       n=st.integers(1, 5), cap=st.sampled_from([None, 1.0]))
-def test_guided_backprop_and_deconvnet_on_known_relu_masks(rng, d, h, c, n, cap):
+       n=st.integers(1, 5), kind=st.sampled_from(["relu", "capped", "leaky"]))
+def test_guided_backprop_and_deconvnet_on_known_relu_masks(rng, d, h, c, n, kind):
     """x -> relu(x W1) -> W2: saliency is W1 (mask * w), guided backprop W1 (mask * relu(w)),
     DeconvNet W1 relu(w) (no mask), with w = W2[:, class] and mask = 1[x W1 > 0] (and
-    x W1 < cap for a capped ReLU such as ReLU6)."""
+    x W1 < cap for a capped ReLU such as ReLU6; the slope below 0 for a leaky one)."""
     from saliencekit.attributions import DeconvNet, GuidedBackprop
 
     w1 = rng.normal(size=(d, h)).astype("float32")
     w2 = rng.normal(size=(h, c)).astype("float32")
     model = keras.Sequential([keras.Input((d,)), keras.layers.Dense(h, use_bias=False),
-                              keras.layers.ReLU(max_value=cap),
+                              keras.layers.LeakyReLU(0.2) if kind == "leaky" else
+                              keras.layers.ReLU(max_value=1.0 if kind == "capped" else None),
                               keras.layers.Dense(c, use_bias=False)])
     model.layers[0].set_weights([w1])
     model.layers[2].set_weights([w2])
     x = rng.normal(size=(n, d)).astype("float32")
     labels = rng.integers(0, c, size=n)
-    mask = ((x @ w1 > 0) & (x @ w1 < (cap or np.inf))).astype("float32")
+    hidden = x @ w1
+    mask = ((hidden > 0) & (hidden < (1.0 if kind == "capped" else np.inf))).astype("float32")
+    if kind == "leaky":
+        mask = np.where(hidden > 0, 1.0, 0.2).astype("float32")
     w = w2[:, labels].T  # (n, h)
     expected = {
         Saliency: (mask * w) @ w1.T,
