@@ -4,12 +4,17 @@ A subclass implements one method, ``_batch(inputs, targets, seeds) -> maps`` for
 fixed-size batch, in pure TensorFlow. The base class checks and encodes the user's data,
 batches it (padding the last batch so a run traces once), compiles ``_batch`` with the
 post-processing into one ``tf.function``, runs it batch after batch without host
-round-trips and concatenates the results once.
+round-trips and concatenates the results once, or writes them to disk as they come
+(:meth:`BlackBoxExplainer.explain_to`). With a ``tf.distribute.Strategy`` each batch is
+split across the replicas and the maps gathered back in order.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import os
+import time
 import warnings
 from typing import Any
 
@@ -17,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..commons import data, postprocess, validation
+from ..commons import data, postprocess, sink, validation
 from ..commons import model as inspect_model
 from ..operators import get_operator
 
@@ -48,6 +53,90 @@ def _checked_operator(operator):
     return checked
 
 
+def _check_strategy(strategy: Any, batch_size: int):
+    if strategy is None:
+        return None
+    if not isinstance(strategy, tf.distribute.Strategy):
+        raise validation.type_error(
+            "strategy", "None or a tf.distribute.Strategy (e.g. tf.distribute.MirroredStrategy())",
+            type(strategy).__name__)
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise validation.value_error(
+            "batch_size", f"a multiple of the {replicas} replicas of strategy "
+            f"{type(strategy).__name__} (each replica explains batch_size / {replicas} inputs)",
+            batch_size)
+    return strategy
+
+
+def _check_verbose(verbose: Any):
+    if isinstance(verbose, bool) or verbose not in ("auto", 0, 1):
+        raise validation.value_error("verbose", "'auto', 0 or 1", repr(verbose))
+    return verbose
+
+
+def _cluster(strategy) -> dict:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return resolver.cluster_spec().as_dict() if resolver is not None else {}
+
+
+def _is_multi_worker(strategy) -> bool:
+    return sum(len(tasks) for tasks in _cluster(strategy).values()) > 1
+
+
+def _is_chief(strategy) -> bool:
+    """Whether this process writes files: always, but in a multi-worker cluster, where the
+    chief (or worker 0 when there is no chief) does, as Keras' checkpoints do."""
+    cluster = _cluster(strategy)
+    resolver = strategy.cluster_resolver if cluster else None
+    if resolver is None or resolver.task_type is None:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster
+
+
+class _Progress:
+    """A ``keras.utils.Progbar`` over batches, with the throughput in images/s.
+
+    ``verbose=1`` always shows it, ``0`` never, ``"auto"`` when the run has more than one
+    batch (known at the start for arrays; a Dataset's bar appears with its second batch).
+    Past the first batch, which pays for tracing, the throughput counts from its end.
+    """
+
+    def __init__(self, verbose, total: int | None):
+        self.lazy = verbose == "auto" and total is None
+        show = verbose == 1 or (verbose == "auto" and (total is None or total > 1))
+        self.bar = keras.utils.Progbar(
+            total, unit_name="batch", stateful_metrics=["images/s"]) if show else None
+        self.batches = self.rows = self.first_rows = 0
+        self.since = time.perf_counter()
+        self.rate = 0.0
+
+    def update(self, rows: int) -> None:
+        """One more batch of ``rows`` real inputs (host integers: no device sync)."""
+        self.batches += 1
+        self.rows += rows
+        if self.bar is None:
+            return
+        now = time.perf_counter()
+        self.rate = (self.rows - self.first_rows) / max(now - self.since, 1e-9)
+        if self.batches == 1:
+            self.since, self.first_rows = now, rows
+        if self.lazy and self.batches == 1:  # a Dataset's first batch may be the whole run:
+            self.bar.verbose = 0  # let the bar time its first step without printing it
+            self.bar.update(1)
+            self.bar.verbose = 1
+            return
+        self.bar.update(self.batches, [("images/s", self.rate)])
+
+    def close(self) -> None:
+        """End the bar's line when it has no target (a Dataset)."""
+        shown = self.bar is not None and self.batches > (1 if self.lazy else 0)
+        if shown and self.bar.target is None:
+            self.bar.update(self.batches, [("images/s", self.rate)], finalize=True)
+
+
 def _seeds(inputs: tf.Tensor, offset: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """``(B, 2)`` per-row ``(index in the user's data, seed)``, built inside the kernel."""
     rows = offset + tf.range(tf.shape(inputs, out_type=tf.int64)[0])
@@ -71,9 +160,16 @@ class BlackBoxExplainer:
         ``g(model, inputs, targets) -> (N,)``.
     jit_compile : bool, default False
         Compile the per-batch kernel with XLA. Worth it on GPUs; measured slower on CPUs.
+    strategy : tf.distribute.Strategy or None, default None
+        Run each batch's kernel under ``strategy.run``: the batch is split evenly across
+        the replicas (``batch_size`` must be a multiple of their number) and the maps are
+        gathered back in input order. The maps are the single-device maps (noise is keyed
+        by each input's index, not by the replica). The model needs no
+        ``strategy.scope()``: its weights are read, never written.
 
     Calling ``explain(inputs, targets)`` (or the explainer itself) returns a float32
     ``tf.Tensor`` of maps: ``(N, H, W, 1)`` for images, the input's shape otherwise.
+    ``explain_to(path, inputs, targets)`` writes them to disk as they are computed.
     """
 
     #: Methods that draw noise set this; their runs repeat with the same ``seed``.
@@ -85,36 +181,143 @@ class BlackBoxExplainer:
         batch_size: int = 64,
         operator: Any = None,
         jit_compile: bool = False,
+        strategy: tf.distribute.Strategy | None = None,
     ):
         _check_model(model)
         self.model = model
         self.batch_size = validation.positive_int("batch_size", batch_size)
         self.operator, self._target_rules = get_operator(operator)
         self.jit_compile = bool(jit_compile)
+        self._set_strategy(strategy)
         self._operator = _checked_operator(self.operator)
         self._explained = model  # what the operator evaluates (rerouted by white-box methods)
         self._reducer: str | None = None
         self._output_shapes: dict[tuple, tuple] = {}
         self._kernel = self._compile(self._explain_step)
 
+    @property
+    def strategy(self) -> tf.distribute.Strategy | None:
+        """The ``tf.distribute.Strategy`` batches run under, or ``None``."""
+        return self._strategy
+
+    def _set_strategy(self, strategy) -> None:
+        # private, with a read-only property: the repr (and explain_to's manifest) lists
+        # what determines the maps, which the strategy does not
+        self._strategy = _check_strategy(strategy, self.batch_size)
+        self._distributed: dict = {}  # compiled kernel -> its strategy.run wrapper
+
     # -- the public API -------------------------------------------------------------------
-    def explain(self, inputs: Any, targets: Any = None) -> tf.Tensor:
+    def explain(self, inputs: Any, targets: Any = None, verbose: str | int = "auto") -> tf.Tensor:
         """Explain ``inputs`` for ``targets``.
 
         Parameters
         ----------
         inputs : array, tf.Tensor or tf.data.Dataset
-            A batch ``(N, ...)``, or a batched Dataset yielding ``x`` or ``(x, y)``.
+            A batch ``(N, ...)``, or a batched Dataset yielding ``x`` or ``(x, y)``, of any
+            length (unknown cardinality included): it is streamed, a bounded number of
+            batches ahead of the computation.
         targets : array, tf.Tensor or None
             Class ids ``(N,)`` or one-hot/weights ``(N, C)`` (see the operator for other
             tasks). ``None`` explains the predicted class (classification, segmentation)
             or a single-output regressor's prediction.
+        verbose : "auto", 0 or 1, default "auto"
+            A progress bar (``keras.utils.Progbar``) with the throughput in images/s: 1
+            always, 0 never, "auto" when the run has more than one batch (a Dataset's bar
+            appears once its second batch is explained).
         """
-        return self._run(self._kernel, inputs, targets)
+        return self._run(self._kernel, inputs, targets, verbose=verbose)
 
-    def __call__(self, inputs: Any, targets: Any = None) -> tf.Tensor:
+    def __call__(self, inputs: Any, targets: Any = None, verbose: str | int = "auto") -> tf.Tensor:
         """Same as :meth:`explain`."""
-        return self.explain(inputs, targets)
+        return self.explain(inputs, targets, verbose=verbose)
+
+    def explain_to(
+        self,
+        path: str | os.PathLike,
+        inputs: Any,
+        targets: Any = None,
+        verbose: str | int = "auto",
+        shard_size: int | None = None,
+    ) -> sink.MapStore | None:
+        """Explain ``inputs`` like :meth:`explain`, writing the maps to the directory
+        ``path`` as they are computed; memory does not grow with the number of inputs.
+
+        The maps go to ``path/maps-00000.npy, ...`` (float32, ``shard_size`` maps each but
+        the last, in input order) beside ``index-00000.npy, ...`` (each map's input index,
+        int64) and a ``manifest.json``; numpy reads them as they are (``np.load``, memory
+        maps included). Each file is written under a temporary name and renamed once
+        complete, so a file with its final name is whole.
+
+        Running it again with the same path resumes: shards already complete are not
+        recomputed (a Dataset's inputs before them are read and skipped, not explained) and
+        a finished directory is returned at once. The explainer's settings (its repr), the
+        model's weights, the inputs' shape (and count, when known) and ``shard_size`` must
+        be those of the run that wrote the directory; otherwise a ``ValueError`` names the
+        difference. The inputs must be the same, in the same order: that is not checked. A
+        stochastic explainer resumes with the seed the directory was started with (kept in
+        the manifest), so a resumed run's maps are those of an uninterrupted one, even with
+        ``seed=None``.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A new or empty directory, or one written by ``explain_to``. One run writes to
+            a directory at a time.
+        inputs, targets, verbose
+            As in :meth:`explain`.
+        shard_size : int or None, default None
+            Maps per file, a multiple of ``batch_size`` (so a shard is whole batches and a
+            resumed run starts on a batch boundary). ``None``: about 64 MB of maps of the
+            inputs' size per shard (the directory's own when resuming). A shard is gathered
+            in memory before it is written.
+
+        Returns
+        -------
+        MapStore
+            The directory: ``store.load()`` gives the maps in input order (equal to
+            :meth:`explain`'s), ``store.index()`` their input indices, ``len(store)``.
+            ``None`` on the workers of a multi-worker strategy that are not the chief:
+            every worker reads the inputs and explains its share, the chief writes
+            (``path`` must be on a filesystem every worker sees, for resuming).
+        """
+        verbose = _check_verbose(verbose)
+        if not isinstance(path, (str, os.PathLike)):
+            raise validation.type_error("path", "a directory path (str or os.PathLike)",
+                                        type(path).__name__)
+        if shard_size is not None:
+            shard_size = validation.positive_int("shard_size", shard_size)
+            if shard_size % self.batch_size:
+                raise validation.value_error(
+                    "shard_size", f"a multiple of batch_size={self.batch_size} (shards of "
+                    "whole batches)", shard_size)
+        batches = self._batches(inputs, targets)
+        per_input = 4 * math.prod(batches.sample_shape)
+        settings = {
+            "explainer": repr(self),
+            "model_weights": sink.fingerprint(w.numpy() for w in self.model.weights),
+            "input_shape": list(batches.sample_shape),
+            "count": batches.count,
+        }
+        chief = self._strategy is None or _is_chief(self._strategy)
+        writer = sink.ShardWriter(
+            path, settings, shard_size,
+            default_shard_size=self.batch_size * max(1, 2**26 // (per_input * self.batch_size)),
+            write=chief)
+        if not writer.complete:
+            seed = writer.seed if writer.seed is not None else self._draw_seed()
+            writer.start(self._agreed_seed(seed))
+            skip = writer.batches_done(batches.batch_size, batches.batch_count)
+            if skip is not None:  # None: every shard is there, only the manifest is not
+                pending = None  # one batch in flight: fetch its maps once the next is sent
+                for offset, maps in self._stream(self._kernel, batches, writer.seed, verbose,
+                                                 skip):
+                    if pending is not None:
+                        writer.add(int(pending[0]), pending[1].numpy())
+                    pending = offset, maps
+                if pending is not None:
+                    writer.add(int(pending[0]), pending[1].numpy())
+            writer.finish()
+        return sink.MapStore(path) if chief else None
 
     def __repr__(self) -> str:
         """``SmoothGrad(model='cnn', batch_size=64, operator='classification', ...)``."""
@@ -188,6 +391,7 @@ class BlackBoxExplainer:
             model_input_shape=inspect_model.sample_input_shape(self._explained),
             output_shape=self._output_shape,
             rules=self._target_rules,
+            multiple_of=self._strategy.num_replicas_in_sync if self._strategy else 1,
         )
 
     def _draw_seed(self) -> int:
@@ -198,22 +402,88 @@ class BlackBoxExplainer:
             return int(np.random.default_rng().integers(2**31))
         return seed
 
-    def _run(self, kernel, inputs, targets):
-        """Feed every batch to ``kernel`` and concatenate its (nested) outputs once."""
-        batches = self._batches(inputs, targets)
-        seed = tf.constant(self._draw_seed(), tf.int64)
-        parts = []
+    def _on_devices(self, kernel):
+        """``kernel``, or with a strategy its wrapper that splits each batch across the
+        replicas, runs ``kernel`` on each part under ``strategy.run`` and gathers the parts
+        in order (built once per kernel)."""
+        strategy = self._strategy
+        if strategy is None:
+            return kernel
+        if kernel not in self._distributed:
+            replicas = strategy.num_replicas_in_sync
+
+            def split(tensor):  # on the host, before each replica copies its part
+                parts = tf.split(tensor, replicas)
+                return strategy.experimental_distribute_values_from_function(
+                    lambda context: tf.identity(parts[context.replica_id_in_sync_group]))
+
+            def part_spec(tensor):
+                batch = tensor.shape[0]
+                return tf.TensorSpec((None if batch is None else batch // replicas,
+                                      *tensor.shape[1:]), tensor.dtype)
+
+            def distributed(inputs, targets, offset, seed):
+                per_replica = tf.shape(inputs, out_type=tf.int64)[0] // replicas
+                # each replica's rows keep their index in the user's data, which keys noise
+                offsets = strategy.experimental_distribute_values_from_function(
+                    lambda context: offset + context.replica_id_in_sync_group * per_replica)
+                step = kernel
+                if hasattr(kernel, "get_concrete_function"):
+                    # traced here, once: replicas trace in threads, and AutoGraph's
+                    # conversion of the same methods in concurrent threads was seen to fail
+                    scalar = tf.TensorSpec((), tf.int64)
+                    step = kernel.get_concrete_function(
+                        part_spec(inputs), None if targets is None else part_spec(targets),
+                        scalar, scalar)
+                parts = strategy.run(step, args=(
+                    split(inputs), None if targets is None else split(targets), offsets, seed))
+                return tf.nest.map_structure(lambda part: strategy.gather(part, axis=0), parts)
+
+            self._distributed[kernel] = tf.function(
+                functools.partial(distributed), reduce_retracing=True)
+        return self._distributed[kernel]
+
+    def _agreed_seed(self, seed: int) -> int:
+        """The seed every worker of a multi-worker run uses: replica 0's (the chief's).
+        Each worker draws its own for ``seed=None``; the rows its replicas explain must
+        get the same noise as on one device."""
+        strategy = self._strategy
+        if strategy is None or not self._stochastic or not _is_multi_worker(strategy):
+            return seed
+
+        @tf.function
+        def gather():
+            local = strategy.run(lambda: tf.constant([seed], tf.int64))
+            return strategy.gather(local, axis=0)[0]
+
+        return int(gather())
+
+    def _stream(self, kernel, batches: data.Batches, seed: int, verbose, skip=()):
+        """Yield ``(offset, outputs)`` of every batch, the padding cut off."""
+        kernel = self._on_devices(kernel)
+        seed = tf.constant(seed, tf.int64)
+        total = None if batches.batch_count is None else batches.batch_count - len(skip)
+        progress = _Progress(verbose, total)
         try:
-            for x, t, offset, valid in batches:
+            for x, t, offset, valid in batches.iterate(skip):
                 out = kernel(x, t, offset, seed)
                 if valid is not None:  # cut the padding off
                     out = tf.nest.map_structure(lambda o, v=valid: o[:v], out)
-                parts.append(out)
+                progress.update(batches.batch_size if valid is None else valid)
+                yield offset, out
         except tf.errors.InvalidArgumentError as error:
             if data.PIPELINE_CHECK in error.message:
                 text = error.message.split(data.PIPELINE_CHECK, 1)[1].split("\n")[0]
                 raise ValueError(text) from None
             raise
+        progress.close()
+
+    def _run(self, kernel, inputs, targets, verbose="auto"):
+        """Feed every batch to ``kernel`` and concatenate its (nested) outputs once."""
+        verbose = _check_verbose(verbose)
+        batches = self._batches(inputs, targets)
+        seed = self._agreed_seed(self._draw_seed())
+        parts = [out for _, out in self._stream(kernel, batches, seed, verbose)]
         if not parts:
             raise validation.value_error("inputs", "at least one input", "an empty Dataset")
         if len(parts) == 1:
@@ -226,7 +496,7 @@ class WhiteBoxExplainer(BlackBoxExplainer):
 
     Parameters
     ----------
-    model, batch_size, operator, jit_compile
+    model, batch_size, operator, jit_compile, strategy
         As in :class:`BlackBoxExplainer`.
     output_layer : str, int or None, default None
         Explain this layer's output instead of the model's (a name, searched in nested
@@ -244,8 +514,10 @@ class WhiteBoxExplainer(BlackBoxExplainer):
         operator: Any = None,
         reducer: str | None = "max",
         jit_compile: bool = False,
+        strategy: tf.distribute.Strategy | None = None,
     ):
-        super().__init__(model, batch_size=batch_size, operator=operator, jit_compile=jit_compile)
+        super().__init__(model, batch_size=batch_size, operator=operator, jit_compile=jit_compile,
+                         strategy=strategy)
         self.reducer = reducer
         self._reducer = postprocess.check_reducer(reducer)
         self.output_layer = output_layer

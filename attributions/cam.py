@@ -68,7 +68,7 @@ class GradCAM(WhiteBoxExplainer):
 
     Parameters
     ----------
-    model, output_layer, batch_size, operator, jit_compile
+    model, output_layer, batch_size, operator, jit_compile, strategy
         As in :class:`~saliencekit.attributions.WhiteBoxExplainer`.
     conv_layer : str, int or None, default None
         The layer whose activations are weighted: a name (searched in nested models too,
@@ -102,6 +102,7 @@ class GradCAM(WhiteBoxExplainer):
         batch_size: int = 64,
         operator: Any = None,
         jit_compile: bool = False,
+        strategy: tf.distribute.Strategy | None = None,
     ):
         super().__init__(
             model,
@@ -110,6 +111,7 @@ class GradCAM(WhiteBoxExplainer):
             operator=operator,
             reducer=None,
             jit_compile=jit_compile,
+            strategy=strategy,
         )
         self.conv_layer = conv_layer
         graph = inspect_model.flatten(self._explained)

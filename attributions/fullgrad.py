@@ -47,7 +47,7 @@ class FullGrad(WhiteBoxExplainer):
 
     Parameters
     ----------
-    model, output_layer, batch_size, operator, jit_compile
+    model, output_layer, batch_size, operator, jit_compile, strategy
         As in :class:`~saliencekit.attributions.WhiteBoxExplainer`.
     reducer : {"sum", "max", "mean", "min"}, default "sum"
         How each term is reduced over channels (the paper sums).
@@ -88,6 +88,7 @@ class FullGrad(WhiteBoxExplainer):
         operator: Any = None,
         reducer: str = "sum",
         jit_compile: bool = False,
+        strategy: tf.distribute.Strategy | None = None,
     ):
         super().__init__(
             model,
@@ -96,6 +97,7 @@ class FullGrad(WhiteBoxExplainer):
             operator=operator,
             reducer=reducer,
             jit_compile=jit_compile,
+            strategy=strategy,
         )
         graph = inspect_model.flatten(
             self._explained, split_activations=inspect_model.has_implicit_bias

@@ -130,6 +130,7 @@ class _NoisyGradients(_SampledGradients):
         operator: Any = None,
         reducer: str | None = "max",
         jit_compile: bool = False,
+        strategy: tf.distribute.Strategy | None = None,
     ):
         self.nb_samples = validation.positive_int("nb_samples", nb_samples)
         self.noise = validation.non_negative_float("noise", noise)
@@ -141,6 +142,7 @@ class _NoisyGradients(_SampledGradients):
             operator=operator,
             reducer=reducer,
             jit_compile=jit_compile,
+            strategy=strategy,
         )
 
     def _points(self, inputs, seeds, sample):
@@ -159,7 +161,7 @@ class SmoothGrad(_NoisyGradients):
 
     Parameters
     ----------
-    model, output_layer, batch_size, operator, reducer, jit_compile
+    model, output_layer, batch_size, operator, reducer, jit_compile, strategy
         As in :class:`~saliencekit.attributions.WhiteBoxExplainer`.
     nb_samples : int, default 50
         Noisy copies per input.
@@ -247,6 +249,7 @@ class GradientInput(WhiteBoxExplainer):
         operator: Any = None,
         reducer: str | None = "sum",
         jit_compile: bool = False,
+        strategy: tf.distribute.Strategy | None = None,
     ):
         super().__init__(
             model,
@@ -255,6 +258,7 @@ class GradientInput(WhiteBoxExplainer):
             operator=operator,
             reducer=reducer,
             jit_compile=jit_compile,
+            strategy=strategy,
         )
 
     def _batch(self, inputs, targets, seeds):
@@ -269,7 +273,7 @@ class IntegratedGradients(_SampledGradients):
 
     Parameters
     ----------
-    model, output_layer, batch_size, operator, jit_compile
+    model, output_layer, batch_size, operator, jit_compile, strategy
         As in :class:`~saliencekit.attributions.WhiteBoxExplainer`.
     steps : int, default 50
         Points on the straight path, at the midpoints ``(k + 0.5) / steps`` (a Riemann
@@ -308,6 +312,7 @@ class IntegratedGradients(_SampledGradients):
         operator: Any = None,
         reducer: str | None = "sum",
         jit_compile: bool = False,
+        strategy: tf.distribute.Strategy | None = None,
     ):
         self.steps = self.nb_samples = validation.positive_int("steps", steps)
         self.baseline = baseline
@@ -319,6 +324,7 @@ class IntegratedGradients(_SampledGradients):
             operator=operator,
             reducer=reducer,
             jit_compile=jit_compile,
+            strategy=strategy,
         )
 
     def _points(self, inputs, seeds, sample):

@@ -67,6 +67,7 @@ class Smoothed(BlackBoxExplainer):
             batch_size=explainer.batch_size,
             operator=explainer.operator,
             jit_compile=explainer.jit_compile,
+            strategy=explainer.strategy,
         )
         self._explained = explainer._explained  # targets resolve on the wrapped output
 
@@ -156,6 +157,7 @@ class TTA(BlackBoxExplainer):
             batch_size=explainer.batch_size,
             operator=explainer.operator,
             jit_compile=explainer.jit_compile,
+            strategy=explainer.strategy,
         )
         self._explained = explainer._explained  # targets resolve on the wrapped output
         self._check_setting()

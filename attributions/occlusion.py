@@ -31,7 +31,7 @@ class Occlusion(BlackBoxExplainer):
 
     Parameters
     ----------
-    model, batch_size, operator, jit_compile
+    model, batch_size, operator, jit_compile, strategy
         As in :class:`~saliencekit.attributions.BlackBoxExplainer`.
     patch_size : int or tuple of int, default 8
         Patch extent along each spatial axis (height, width for images; time steps for
@@ -70,6 +70,7 @@ class Occlusion(BlackBoxExplainer):
         batch_size: int = 64,
         operator: Any = None,
         jit_compile: bool = False,
+        strategy: tf.distribute.Strategy | None = None,
     ):
         self.patch_size = _check_patch("patch_size", patch_size)
         self.patch_stride = None if patch_stride is None else _check_patch(
@@ -77,7 +78,8 @@ class Occlusion(BlackBoxExplainer):
         if isinstance(occlusion_value, bool) or not isinstance(occlusion_value, (int, float)):
             raise validation.type_error("occlusion_value", "a number", repr(occlusion_value))
         self.occlusion_value = float(occlusion_value)
-        super().__init__(model, batch_size=batch_size, operator=operator, jit_compile=jit_compile)
+        super().__init__(model, batch_size=batch_size, operator=operator, jit_compile=jit_compile,
+                         strategy=strategy)
 
     def _geometry(self, inputs):
         """Static patch layout: spatial sizes, starts ``(P, S)``, coverage counts."""

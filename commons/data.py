@@ -6,11 +6,16 @@ Inputs may be a numpy array, anything ``np.asarray`` takes, a ``tf.Tensor`` or a
 become one-hot rows of the model's output width. Every batch handed to a kernel has the
 same size (the last one is padded, and the padding cut off afterwards), so a run of any
 length traces the kernel once.
+
+A Dataset is streamed: it is read batch by batch through a pipeline that prefetches
+:data:`PREFETCH` batches ahead of the kernel, so input work overlaps compute and the inputs
+in memory are a bounded number of batches (the prefetched ones, those in flight in the
+parallel maps, at most one per core, and the one being explained), whatever its length.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,22 +29,36 @@ from . import validation
 #: turns the resulting ``InvalidArgumentError`` into a ``ValueError`` with this message.
 PIPELINE_CHECK = "saliencekit check failed: "
 
+#: Fixed-size batches a Dataset pipeline holds ready ahead of the kernel. A fixed depth,
+#: not AUTOTUNE (which may grow its buffer up to a share of the RAM): the kernel is the
+#: slow stage, two batches keep it fed, and memory stays bounded by a known number.
+PREFETCH = 2
+
 
 @dataclass
 class Batches:
     """Fixed-size batches ``(inputs, targets, offset, valid)`` of one explain call.
 
     ``offset`` (an int64 scalar tensor) is the index of the batch's first row in the user's
-    data; ``valid`` how many rows of the batch are real, or ``None`` when all are.
+    data; ``valid`` how many rows of the batch are real, or ``None`` when all are. Batch
+    ``i`` starts at row ``i * batch_size``. ``count`` (inputs) and ``batch_count`` (batches)
+    are ``None`` when unknown before the end (a Dataset).
     """
 
     sample_shape: tuple
     batch_size: int
     has_targets: bool
-    _source: Callable[[], Iterator]
+    _source: Callable[[frozenset], Iterator]
+    count: int | None = None
+    batch_count: int | None = None
 
     def __iter__(self):
-        return self._source()
+        return self._source(frozenset())
+
+    def iterate(self, skip: Sequence[int] = ()) -> Iterator:
+        """The batches, but those whose index is in ``skip``: a Dataset's are read and
+        dropped in the pipeline, before padding and before any kernel sees them."""
+        return self._source(frozenset(skip))
 
 
 def _is_dataset(value: Any) -> bool:
@@ -213,6 +232,7 @@ def from_arrays(
     model_input_shape: tuple | None,
     output_shape: Callable[[tuple], tuple],
     rules: TargetRules | None,
+    multiple_of: int = 1,
 ) -> Batches:
     tensor = _to_tensor("inputs", inputs)
     if tensor.shape.rank < 2:
@@ -234,13 +254,17 @@ def from_arrays(
         encoded = None
     else:
         encoded = encode_targets(targets, count, rules, out_shape)
-    size = min(batch_size, count)
+    # one short batch when the inputs are fewer than batch_size (rounded up to a multiple
+    # of the replicas of a distribution strategy)
+    size = min(batch_size, -(-count // multiple_of) * multiple_of)
 
-    def source():
-        if count == size:  # one batch: no slicing, no padding
+    def source(skip):
+        if count == size and not skip:  # one batch: no slicing, no padding
             yield tensor, encoded, tf.constant(0, tf.int64), None
             return
-        for start in range(0, count, size):
+        for number, start in enumerate(range(0, count, size)):
+            if number in skip:
+                continue
             stop = min(start + size, count)
             x = tensor[start:stop]
             t = None if encoded is None else encoded[start:stop]
@@ -251,7 +275,7 @@ def from_arrays(
                 valid = stop - start
             yield x, t, tf.constant(start, tf.int64), valid
 
-    return Batches(sample_shape, size, encoded is not None, source)
+    return Batches(sample_shape, size, encoded is not None, source, count, -(-count // size))
 
 
 def _split_element(spec):
@@ -333,15 +357,18 @@ def from_dataset(
         padded = tuple(_pad(b, batch_size) for b in batch)
         return padded, index * batch_size, valid
 
-    pipeline = (
-        dataset.map(select, num_parallel_calls=tf.data.AUTOTUNE)
-        .rebatch(batch_size)
-        .enumerate()
-        .map(pad, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    batched = dataset.map(select, num_parallel_calls=tf.data.AUTOTUNE).rebatch(batch_size)
 
-    def source():
+    def source(skip):
+        pipeline = batched.enumerate()
+        if skip:  # dropped before padding and before the kernel: only the input is read
+            skipped = np.zeros(max(skip) + 2, bool)  # the last entry stands for "beyond"
+            skipped[list(skip)] = True
+            skipped = tf.constant(skipped)
+            beyond = len(skipped) - 1
+            pipeline = pipeline.filter(
+                lambda index, _: ~tf.gather(skipped, tf.minimum(index, beyond)))
+        pipeline = pipeline.map(pad, num_parallel_calls=tf.data.AUTOTUNE).prefetch(PREFETCH)
         for padded, offset, valid in pipeline:
             t = padded[1] if len(padded) > 1 else None
             valid = int(valid)  # a host-side scalar of the pipeline: no device sync
@@ -397,10 +424,12 @@ def _dataset_target_encoder(y_spec, rules: TargetRules | None, output_shape: tup
     )
 
 
-def batches(inputs: Any, targets: Any, **kwargs) -> Batches:
-    """Dispatch to :func:`from_dataset` or :func:`from_arrays`."""
+def batches(inputs: Any, targets: Any, *, multiple_of: int = 1, **kwargs) -> Batches:
+    """Dispatch to :func:`from_dataset` or :func:`from_arrays`. Every batch's size is a
+    multiple of ``multiple_of`` (Dataset batches are padded to ``batch_size``, which the
+    caller makes a multiple of it; a short array is padded up to the next multiple)."""
     if _is_dataset(inputs):
         return from_dataset(inputs, targets, **kwargs)
     if inputs is None:
         raise validation.type_error("inputs", "an array, a tf.Tensor or a tf.data.Dataset", "None")
-    return from_arrays(inputs, targets, **kwargs)
+    return from_arrays(inputs, targets, multiple_of=multiple_of, **kwargs)
