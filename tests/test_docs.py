@@ -2,16 +2,15 @@
 
 import doctest
 import importlib
+import pkgutil
 
 import pytest
 
-MODULES = [
-    "saliencekit",
-    "saliencekit.attributions.gradients",
-    "saliencekit.attributions.cam",
-    "saliencekit.attributions.fullgrad",
-    "saliencekit.attributions.occlusion",
-    "saliencekit.attributions.meta",
+import saliencekit
+
+# every module of the package, so that a new one cannot be forgotten
+MODULES = ["saliencekit"] + [
+    info.name for info in pkgutil.walk_packages(saliencekit.__path__, "saliencekit.")
 ]
 
 
