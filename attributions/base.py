@@ -521,7 +521,7 @@ class WhiteBoxExplainer(BlackBoxExplainer):
         self.reducer = reducer
         self._reducer = postprocess.check_reducer(reducer)
         self.output_layer = output_layer
-        self._explained = inspect_model.reroute(model, output_layer)
+        self._explained = inspect_model.differentiable(inspect_model.reroute(model, output_layer))
         softmax = inspect_model.ends_in_softmax(self._explained)
         if softmax is not None:
             name, fused = softmax

@@ -99,6 +99,12 @@ class PreActivation(keras.layers.Layer):
         layer = self._wrapped[0]
         return type(layer).call(_WithoutActivation(layer), *args, **kwargs)
 
+    def compute_output_spec(self, *args, **kwargs):
+        # the layer's own (an activation keeps shape and dtype). Inferring it by running
+        # ``call`` would miss the casts Keras applies around ``__call__`` (mixed precision):
+        # a functional model's compute_output_spec calls its layers' directly.
+        return self._wrapped[0].compute_output_spec(*args, **kwargs)
+
 
 def fused_activation(layer: keras.layers.Layer):
     """The layer's fused activation, or None when it has none (or the identity)."""
@@ -232,6 +238,36 @@ def find_node(graph: Graph, model: Any, layer: str | int, argument: str) -> Node
             argument, str(layer), sorted({n.path for n in graph.nodes})
         )
     return matches[-1]
+
+
+def differentiable(model: Any) -> Any:
+    """``model`` itself, or, when it declares integer (or boolean) inputs such as
+    ``keras.Input(..., dtype="uint8")``, the same graph fed float32 inputs: the cast to an
+    integer type inside the model has no gradient, and the first layers (``Rescaling``,
+    normalisation, convolutions) compute on floats anyway."""
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return model
+    dtypes = [keras.backend.standardize_dtype(t.dtype) for t in inputs or []]
+    if not any(d.startswith(("int", "uint", "bool")) for d in dtypes):
+        return model
+    if not has_graph(model):
+        return model  # a subclassed model casts in its own code; gradients tell
+    floats = [keras.Input(batch_shape=(None, *t.shape[1:]), dtype="float32") for t in inputs]
+    try:
+        outputs = keras.models.clone_model(
+            model, input_tensors=floats[0] if len(floats) == 1 else floats,
+            clone_function=lambda layer: layer,
+        ).outputs
+    except Exception as error:  # Keras raises many kinds for a layer refusing floats
+        raise validation.type_error(
+            "model", "a model whose inputs can be differentiated (floats, or integers that "
+            "its first layers turn into floats)", f"inputs of dtype {dtypes} that its layers "
+            f"cannot take as floats ({type(error).__name__}: {error})",
+            "Black-box methods (Occlusion) explain any model.") from None
+    return keras.Model(floats[0] if len(floats) == 1 else floats,
+                       outputs[0] if len(outputs) == 1 else outputs, name=model.name)
 
 
 def reroute(model: Any, output_layer: str | int | None) -> Any:

@@ -147,3 +147,70 @@ def test_dataset_with_unknown_spatial_shape_and_cardinality():
     explainer = Saliency(model, batch_size=4)
     np.testing.assert_allclose(explainer(dataset).numpy(), explainer(images, labels).numpy(),
                                rtol=1e-6)
+
+
+def test_multi_output_heads_chosen_by_name_for_every_explainer(images, labels):
+    """A dict-output model with two heads: output_layer picks one, whatever the method."""
+    inputs = keras.Input(images.shape[1:])
+    x = keras.layers.Conv2D(6, 3, activation="relu", name="trunk")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, {"cls": keras.layers.Dense(4, name="cls")(pooled),
+                                 "aux": keras.layers.Dense(2, name="aux")(pooled)})
+    single = keras.Model(inputs, model.get_layer("cls").output)
+    for name in set(EXPLAINERS) - {"TTASaliency", "SmoothedGradCAM"}:
+        kwargs = {"output_layer": "cls"}
+        if name == "Occlusion":  # black box: the single-head model is the reference
+            continue
+        np.testing.assert_allclose(FACTORIES[name](model, **kwargs)(images, labels).numpy(),
+                                   FACTORIES[name](single)(images, labels).numpy(),
+                                   rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def mixed_precision_cnn():
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(4)
+        return keras.Sequential([
+            keras.Input((12, 12, 3)),
+            keras.layers.Conv2D(6, 3, activation="relu", padding="same"),
+            keras.layers.BatchNormalization(),
+            keras.layers.Conv2D(8, 3, activation="relu", name="last_conv"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(4, dtype="float32"),  # float32 logits, as Keras advises
+        ])
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+@pytest.mark.parametrize("name", EXPLAINERS)
+def test_mixed_float16_models_give_float32_finite_maps(name, images, labels):
+    model = mixed_precision_cnn()
+    assert model.layers[0].compute_dtype == "float16"
+    maps = FACTORIES[name](model)(images, labels)
+    assert maps.dtype == tf.float32 and maps.shape[:3] == (7, 12, 12)
+    assert np.isfinite(maps.numpy()).all() and maps.numpy().max() > 0
+    assert keras.mixed_precision.global_policy().name == "float32"  # nothing left behind
+
+
+def test_integer_image_inputs_are_explained_through_their_float_cast(images, labels):
+    """A model taking uint8 pixels (Input dtype uint8, then Rescaling): gradients flow to the
+    pixel values, as if the model took floats: d f(x / 255) / dx = f'(x / 255) / 255."""
+    conv = keras.layers.Conv2D(6, 3, activation="relu", name="conv")
+    head = keras.layers.Dense(4)
+    pixels = keras.Input((12, 12, 3), dtype="uint8")
+    scaled = keras.layers.Rescaling(1 / 255)(pixels)
+    uint8_model = keras.Model(pixels, head(keras.layers.GlobalAveragePooling2D()(conv(scaled))))
+    floats = keras.Input((12, 12, 3))
+    float_model = keras.Model(floats, head(keras.layers.GlobalAveragePooling2D()(conv(floats))))
+    x = np.round(images * 255).astype("uint8")
+    np.testing.assert_allclose(Saliency(uint8_model)(x, labels).numpy(),
+                               Saliency(float_model)(x / 255, labels).numpy() / 255,
+                               rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(GradCAM(uint8_model)(x, labels).numpy(),
+                               GradCAM(float_model)(x / 255, labels).numpy(), rtol=1e-4,
+                               atol=1e-7)
+    for name in EXPLAINERS:
+        maps = FACTORIES[name](uint8_model)(x, labels).numpy()
+        assert np.isfinite(maps).all() and maps.max() > 0, name
+    assert uint8_model.inputs[0].dtype == "uint8"  # the user's model is untouched
