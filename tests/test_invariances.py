@@ -115,14 +115,25 @@ def model_state(model):
 
 @pytest.mark.parametrize("name", EXPLAINERS)
 def test_explaining_never_changes_the_model(name, images, labels):
+    import random
+
     model = nested_cnn()
     before = model_state(model)
     outputs = model(images).numpy()
+    states = (np.random.get_state()[1].copy(), random.getstate(),
+              tf.random.get_global_generator().state.numpy().copy())
     explainer = FACTORIES[name](model)
     explainer(images, labels)
     if name == "FullGrad":
         explainer.raw_terms(images, labels)
+    if name == "SmoothGrad":  # fresh noise: drawn without the global generators
+        FACTORIES[name](model, seed=None)(images, labels)
     after = model_state(model)
+    # no global state left behind: random generators, eager mode
+    np.testing.assert_array_equal(np.random.get_state()[1], states[0])
+    assert random.getstate() == states[1]
+    np.testing.assert_array_equal(tf.random.get_global_generator().state.numpy(), states[2])
+    assert tf.executing_eagerly() and not tf.config.functions_run_eagerly()
     for a, b in zip(before["weights"], after["weights"]):
         np.testing.assert_array_equal(a, b)
     assert before["trainable"] == after["trainable"]
