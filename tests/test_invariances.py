@@ -120,7 +120,7 @@ def test_explaining_never_changes_the_model(name, images, labels):
     model = nested_cnn()
     before = model_state(model)
     outputs = model(images).numpy()
-    states = (np.random.get_state()[1].copy(), random.getstate(),
+    states = (np.random.get_state()[1].copy(), random.getstate(),  # noqa: NPY002 (global)
               tf.random.get_global_generator().state.numpy().copy())
     explainer = FACTORIES[name](model)
     explainer(images, labels)
@@ -130,7 +130,7 @@ def test_explaining_never_changes_the_model(name, images, labels):
         FACTORIES[name](model, seed=None)(images, labels)
     after = model_state(model)
     # no global state left behind: random generators, eager mode
-    np.testing.assert_array_equal(np.random.get_state()[1], states[0])
+    np.testing.assert_array_equal(np.random.get_state()[1], states[0])  # noqa: NPY002
     assert random.getstate() == states[1]
     np.testing.assert_array_equal(tf.random.get_global_generator().state.numpy(), states[2])
     assert tf.executing_eagerly() and not tf.config.functions_run_eagerly()

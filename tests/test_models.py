@@ -214,3 +214,26 @@ def test_integer_image_inputs_are_explained_through_their_float_cast(images, lab
         maps = FACTORIES[name](uint8_model)(x, labels).numpy()
         assert np.isfinite(maps).all() and maps.max() > 0, name
     assert uint8_model.inputs[0].dtype == "uint8"  # the user's model is untouched
+
+
+def test_half_precision_inputs_and_large_images():
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([
+        keras.Input((None, None, 3)),
+        keras.layers.Conv2D(4, 3, strides=4, activation="relu"),
+        keras.layers.Conv2D(4, 3, strides=4, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3),
+    ])
+    x = np.random.default_rng(0).random((3, 32, 32, 3)).astype("float32")
+    for half in (x.astype("float16"), tf.cast(x, tf.bfloat16)):
+        maps = Saliency(model)(half, [0, 1, 2])
+        assert maps.dtype == tf.float32
+        # the maths runs in float32 on the half-precision values
+        rounded = tf.cast(half, tf.float32).numpy()
+        np.testing.assert_allclose(maps.numpy(), Saliency(model)(rounded, [0, 1, 2]).numpy(),
+                                   rtol=1e-6)
+    big = np.random.default_rng(1).random((2, 1024, 1024, 3)).astype("float32")
+    for method in (Saliency, GradCAM):
+        maps = method(model, batch_size=1)(big, [0, 2], verbose=0).numpy()
+        assert maps.shape == (2, 1024, 1024, 1) and np.isfinite(maps).all()
