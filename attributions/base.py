@@ -190,7 +190,11 @@ class BlackBoxExplainer:
         self.jit_compile = bool(jit_compile)
         self._set_strategy(strategy)
         self._operator = _checked_operator(self.operator)
-        self._explained = model  # what the operator evaluates (rerouted by white-box methods)
+        # channels_first models are explained through a channels-last view: the kernels see
+        # (N, *S, C) inputs and maps; the user's layout is restored at the kernel's end
+        self._channels_first = inspect_model.is_channels_first(model)
+        # what the operator evaluates (rerouted by white-box methods)
+        self._explained = inspect_model.channels_last(model)
         self._reducer: str | None = None
         self._output_shapes: dict[tuple, tuple] = {}
         self._kernel = self._compile(self._explain_step)
@@ -361,7 +365,15 @@ class BlackBoxExplainer:
 
     def _explain_step(self, inputs, targets, offset, seed):
         targets = self._resolve_targets(inputs, targets)
-        return self._postprocess(self._batch(inputs, targets, _seeds(inputs, offset, seed)), inputs)
+        maps = self._postprocess(self._batch(inputs, targets, _seeds(inputs, offset, seed)), inputs)
+        return self._user_layout(maps)
+
+    def _user_layout(self, maps: tf.Tensor) -> tf.Tensor:
+        """Channels-last maps ``(N, *S, C)`` in the user's layout (``(N, C, *S)`` for a
+        channels_first model)."""
+        if not self._channels_first or maps.shape.rank < 3:
+            return maps
+        return tf.transpose(maps, [0, maps.shape.rank - 1, *range(1, maps.shape.rank - 1)])
 
     def _postprocess(self, maps: tf.Tensor, inputs: tf.Tensor) -> tf.Tensor:
         """Images ``(N, H, W, C)`` get ``(N, H, W, 1)`` maps at their size; 1-D inputs
@@ -384,6 +396,8 @@ class BlackBoxExplainer:
         return self._output_shapes[sample_shape]
 
     def _batches(self, inputs, targets) -> data.Batches:
+        if self._channels_first:
+            inputs = data.channels_last(inputs)
         return data.batches(
             inputs,
             targets,
@@ -521,7 +535,8 @@ class WhiteBoxExplainer(BlackBoxExplainer):
         self.reducer = reducer
         self._reducer = postprocess.check_reducer(reducer)
         self.output_layer = output_layer
-        self._explained = inspect_model.differentiable(inspect_model.reroute(model, output_layer))
+        self._explained = inspect_model.channels_last(
+            inspect_model.differentiable(inspect_model.reroute(model, output_layer)))
         softmax = inspect_model.ends_in_softmax(self._explained)
         if softmax is not None:
             name, fused = softmax

@@ -139,7 +139,15 @@ class GradCAM(WhiteBoxExplainer):
         _, (activations,), (gradients,) = self._tapped_gradients(
             self._tapped, inputs, targets, wrt_inputs=False
         )
-        return self._cam(tf.cast(activations, tf.float32), tf.cast(gradients, tf.float32))
+        return self._cam(self._channels_last(activations), self._channels_last(gradients))
+
+    def _channels_last(self, tensor: tf.Tensor) -> tf.Tensor:
+        """The layer's tensor as float32 ``(B, *s, C)`` (moved from ``(B, C, *s)`` in a
+        channels_first model)."""
+        tensor = tf.cast(tensor, tf.float32)
+        if self._channels_first:
+            tensor = tf.transpose(tensor, [0, *range(2, tensor.shape.rank), 1])
+        return tensor
 
     def _cam(self, activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor:
         """``(B, *s, C)`` activations and gradients -> ``(B, *s)`` map."""
@@ -218,7 +226,7 @@ class ScoreCAM(GradCAM):
 
     def _batch(self, inputs, targets, seeds):
         results = self._tapped(inputs, training=False)
-        activations = tf.cast(results[-1], tf.float32)  # (B, *s, K)
+        activations = self._channels_last(results[-1])  # (B, *s, K)
         channels = activations.shape[-1]
         masks = _channel_masks(activations, tuple(inputs.shape[1:-1]))  # (B, *S, K)
         batch = tf.shape(inputs, out_type=tf.int64)[0]

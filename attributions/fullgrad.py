@@ -129,7 +129,8 @@ class FullGrad(WhiteBoxExplainer):
         return input_term, bias_terms
 
     def _raw_step(self, inputs, targets, offset, seed):
-        return self._raw(inputs, self._resolve_targets(inputs, targets))
+        input_term, bias_terms = self._raw(inputs, self._resolve_targets(inputs, targets))
+        return self._user_layout(input_term), bias_terms
 
     def _batch(self, inputs, targets, seeds):
         input_term, bias_terms = self._raw(inputs, targets)
@@ -145,5 +146,7 @@ class FullGrad(WhiteBoxExplainer):
         total = term_map(input_term)
         for term in bias_terms:
             if rank >= 3 and term.shape.rank == rank:  # spatial terms only, as the paper
+                if self._channels_first:  # the model's tensors are (B, C, *s)
+                    term = tf.transpose(term, [0, *range(2, rank), 1])
                 total = total + term_map(term)
         return total

@@ -424,6 +424,26 @@ def _dataset_target_encoder(y_spec, rules: TargetRules | None, output_shape: tup
     )
 
 
+def channels_last(inputs: Any) -> Any:
+    """``(N, C, *S)`` inputs (arrays, tensors or a Dataset's ``x``) as ``(N, *S, C)``."""
+
+    def move(x):
+        x = tf.convert_to_tensor(x)
+        if x.shape.rank is None or x.shape.rank < 3:
+            return x  # the shape checks that follow say what is wrong
+        return tf.transpose(x, [0, *range(2, x.shape.rank), 1])
+
+    if _is_dataset(inputs):
+        def element(*parts):
+            moved = (move(parts[0]), *parts[1:])
+            return moved if len(moved) > 1 else moved[0]
+
+        return inputs.map(element)
+    if inputs is None or isinstance(inputs, tf.Tensor):
+        return inputs if inputs is None else move(inputs)
+    return move(_to_tensor("inputs", inputs))
+
+
 def batches(inputs: Any, targets: Any, *, multiple_of: int = 1, **kwargs) -> Batches:
     """Dispatch to :func:`from_dataset` or :func:`from_arrays`. Every batch's size is a
     multiple of ``multiple_of`` (Dataset batches are padded to ``batch_size``, which the

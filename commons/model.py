@@ -270,6 +270,35 @@ def differentiable(model: Any) -> Any:
                        outputs[0] if len(outputs) == 1 else outputs, name=model.name)
 
 
+def _all_layers(model):
+    for layer in getattr(model, "layers", None) or []:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+def is_channels_first(model: Any) -> bool:
+    """Whether the model's layers (nested ones included) use ``data_format="channels_first"``
+    on inputs of a known rank of 3 or more."""
+    shape = sample_input_shape(model)
+    if shape is None or len(shape) < 2:
+        return False
+    return any(getattr(layer, "data_format", None) == "channels_first"
+               for layer in _all_layers(model))
+
+
+def channels_last(model: Any) -> Any:
+    """A view of a ``channels_first`` model taking channels-last inputs ``(N, *S, C)``
+    (a ``Permute`` in front of the model, which it shares); other models as they are."""
+    if not is_channels_first(model):
+        return model
+    shape = sample_input_shape(model)  # (C, *S)
+    rank = len(shape)
+    inputs = keras.Input((*shape[1:], shape[0]), dtype=model.inputs[0].dtype)
+    first = keras.layers.Permute((rank, *range(1, rank)), name=f"{model.name}_to_channels_first")
+    return keras.Model(inputs, model(first(inputs)), name=model.name)
+
+
 def reroute(model: Any, output_layer: str | int | None) -> Any:
     """``model`` itself, or a model from its input to ``output_layer``'s output."""
     if output_layer is None:

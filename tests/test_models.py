@@ -237,3 +237,42 @@ def test_half_precision_inputs_and_large_images():
     for method in (Saliency, GradCAM):
         maps = method(model, batch_size=1)(big, [0, 2], verbose=0).numpy()
         assert maps.shape == (2, 1024, 1024, 1) and np.isfinite(maps).all()
+
+
+def channels_first_twins(seed=6):
+    """The same CNN (shared weights) with channels_first and with channels_last layers."""
+    def cnn(data_format, shape, axis):
+        return keras.Sequential([
+            keras.Input(shape),
+            keras.layers.Conv2D(4, 3, activation="relu", padding="same", data_format=data_format),
+            keras.layers.BatchNormalization(axis=axis),
+            keras.layers.Conv2D(5, 3, activation="relu", data_format=data_format,
+                                name="last_conv"),
+            keras.layers.MaxPooling2D(data_format=data_format),
+            keras.layers.GlobalAveragePooling2D(data_format=data_format),
+            keras.layers.Dense(4),
+        ])
+
+    keras.utils.set_random_seed(seed)
+    first = cnn("channels_first", (3, 12, 12), 1)
+    last = cnn("channels_last", (12, 12, 3), -1)
+    weights = first.get_weights()
+    weights[2:6] = [np.random.default_rng(seed).uniform(0.5, 1.5, 4).astype("float32")
+                    for _ in range(4)]  # BN statistics that are not the identity
+    first.set_weights(weights)
+    last.set_weights(weights)
+    return first, last
+
+
+@pytest.mark.parametrize("name", EXPLAINERS)
+def test_channels_first_models_give_the_channels_last_maps_in_their_layout(name, images,
+                                                                          labels):
+    first, last = channels_first_twins()
+    moved = np.transpose(images, (0, 3, 1, 2))
+    np.testing.assert_allclose(first(moved).numpy(), last(images).numpy(), rtol=1e-5, atol=1e-6)
+    expected = FACTORIES[name](last)(images, labels).numpy()
+    maps = FACTORIES[name](first)(moved, labels).numpy()
+    np.testing.assert_allclose(maps, np.moveaxis(expected, -1, 1), rtol=1e-4, atol=1e-6)
+    dataset = tf.data.Dataset.from_tensor_slices((moved, labels)).batch(3)
+    np.testing.assert_allclose(FACTORIES[name](first)(dataset).numpy(), maps, rtol=1e-5,
+                               atol=1e-7)
