@@ -514,8 +514,10 @@ class WhiteBoxExplainer(BlackBoxExplainer):
         As in :class:`BlackBoxExplainer`.
     output_layer : str, int or None, default None
         Explain this layer's output instead of the model's (a name, searched in nested
-        models too, or an index into ``model.layers``). Use it to explain the logits of a
-        model that ends in a softmax: softmax gradients mix every class.
+        models too, or an index into ``model.layers``). ``"logits"`` explains the output
+        before the model's final softmax or sigmoid, fused in a layer
+        (``Dense(..., activation="softmax")``) or not (a layer named ``"logits"``, if the
+        model has one, is taken instead). Softmax gradients mix every class.
     reducer : {"max", "mean", "min", "sum"} or None, default "max"
         How image maps are reduced over channels; ``None`` keeps the channels.
     """
@@ -537,21 +539,16 @@ class WhiteBoxExplainer(BlackBoxExplainer):
         self.output_layer = output_layer
         self._explained = inspect_model.channels_last(
             inspect_model.differentiable(inspect_model.reroute(model, output_layer)))
-        softmax = inspect_model.ends_in_softmax(self._explained)
-        if softmax is not None:
-            name, fused = softmax
-            advice = (
-                f"Layer {name!r} computes its softmax inside itself (activation='softmax'), so "
-                "no layer outputs the logits: build the model with a linear last layer and a "
-                "separate keras.layers.Softmax() (keras.applications models: "
-                "classifier_activation=None), then explain that model or pass output_layer= "
-                "the linear layer."
-                if fused
-                else f"Pass output_layer= the layer before {name!r} to explain the logits."
-            )
+        # an output_layer is the user's choice: only the model's own output is questioned
+        final = inspect_model.final_activation(model) if output_layer is None else None
+        if final is not None:
+            name, kind, _ = final
+            mixes = ("its gradients mix every class's logit, so maps show more than the "
+                     "class's evidence" if kind == "softmax" else
+                     "its gradients vanish where the model is confident")
             warnings.warn(
-                f"The explained output comes from a softmax (layer {name!r}): its gradients mix "
-                f"every class's logit, so maps show more than the class's evidence. {advice}",
+                f"The explained output comes from a {kind} (layer {name!r}): {mixes}. Pass "
+                f"output_layer='logits' to explain the output before the {kind}.",
                 UserWarning,
                 stacklevel=3,
             )

@@ -299,30 +299,64 @@ def channels_last(model: Any) -> Any:
     return keras.Model(inputs, model(first(inputs)), name=model.name)
 
 
+#: ``output_layer=LOGITS`` explains the model's output before its final softmax or sigmoid.
+LOGITS = "logits"
+_SQUASHING = ("softmax", "sigmoid")
+
+
 def reroute(model: Any, output_layer: str | int | None) -> Any:
-    """``model`` itself, or a model from its input to ``output_layer``'s output."""
+    """``model`` itself, or a model from its input to ``output_layer``'s output.
+    ``output_layer="logits"`` names a layer called ``"logits"`` if there is one, else the
+    output before the model's final softmax or sigmoid (a separate layer's input, or a fused
+    activation's pre-activation)."""
     if output_layer is None:
         return model
     graph = flatten(model, argument="model (with output_layer)")
+    if output_layer == LOGITS and not any(n.layer.name == LOGITS for n in graph.nodes):
+        return _before_final_activation(model)
     node = find_node(graph, model, output_layer, "output_layer")
     return keras.Model(graph.inputs[0], node.output)
 
 
-def ends_in_softmax(model: Any) -> tuple[str, bool] | None:
-    """``(layer name, fused)`` if the output comes from a softmax, else None. ``fused``: the
-    softmax is the activation of a layer such as ``Dense(..., activation="softmax")``."""
-    if not has_graph(model):
-        return None
+def _last_layer(model):
     layer = model.layers[-1] if model.layers else None
     while isinstance(layer, keras.Model) and has_graph(layer) and layer.layers:
         layer = layer.layers[-1]
+    return layer
+
+
+def _before_final_activation(model) -> keras.Model:
+    final = final_activation(model)
+    if final is None:
+        raise validation.value_error(
+            "output_layer", "'logits' for a model ending in a softmax or sigmoid (or a layer "
+            "named 'logits')", f"'logits' for model {model.name!r}, whose last layer "
+            f"{getattr(_last_layer(model), 'name', None)!r} applies neither")
+    last = _last_layer(model)
+    graph = flatten(model, split_activations=lambda layer: layer is last)
+    node = [n for n in graph.nodes if n.layer is last][-1]
+    if node.pre_activation is not None:  # Dense(..., activation="softmax")
+        return keras.Model(graph.inputs[0], node.pre_activation)
+    # a separate Softmax/Activation layer: the output of the node before it
+    index = graph.nodes.index(node)
+    previous = [n for n in graph.nodes[:index] if not isinstance(n.layer, keras.Model)]
+    return keras.Model(graph.inputs[0], previous[-1].output)
+
+
+def final_activation(model: Any) -> tuple[str, str, bool] | None:
+    """``(layer name, "softmax" or "sigmoid", fused)`` if the output comes from a softmax or
+    a sigmoid, else None. ``fused``: it is the activation of a layer such as
+    ``Dense(..., activation="softmax")``."""
+    if not has_graph(model):
+        return None
+    layer = _last_layer(model)
     if layer is None:
         return None
     if isinstance(layer, keras.layers.Softmax):
-        return layer.name, False
-    activation = getattr(layer, "activation", None)
-    if getattr(activation, "__name__", "") == "softmax":
-        return layer.name, not isinstance(layer, keras.layers.Activation)
+        return layer.name, "softmax", False
+    name = getattr(getattr(layer, "activation", None), "__name__", "")
+    if name in _SQUASHING:
+        return layer.name, name, not isinstance(layer, keras.layers.Activation)
     return None
 
 

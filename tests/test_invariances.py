@@ -180,12 +180,42 @@ def test_output_layer_takes_effect_and_softmax_warns():
     np.testing.assert_allclose(by_index, on_logits)
 
 
-def test_softmax_warnings_give_advice_that_works():
-    fused = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
-    with pytest.warns(UserWarning, match="classifier_activation=None"):
-        Saliency(fused)
-    with pytest.warns(UserWarning, match="Pass output_layer= the layer before 'probabilities'"):
-        Saliency(softmax_model())
+@pytest.mark.parametrize("head", ["fused softmax", "softmax layer", "fused sigmoid",
+                                  "sigmoid layer"])
+def test_softmax_and_sigmoid_heads_warn_and_output_layer_logits_explains_before_them(head):
+    """The warning's advice works: output_layer="logits" explains the linear output before
+    the squashing, fused in the Dense layer or a separate layer, even inside a nested model
+    and with no layer named "logits"."""
+    kind = head.split()[-1] if "fused" in head else head.split()[0]
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(5, 3)).astype("float32")
+    dense = keras.layers.Dense(3, activation=kind if "fused" in head else None, name="head")
+    layers = [dense] if "fused" in head else [
+        dense, keras.layers.Softmax() if kind == "softmax" else keras.layers.Activation(kind)]
+    inner = keras.Sequential([keras.Input((5,)), *layers], name="classifier")
+    model = keras.Sequential([keras.Input((5,)), keras.layers.Identity(), inner])
+    dense.set_weights([w, np.zeros(3, "float32")])
+    x = rng.normal(size=(4, 5)).astype("float32")
+    labels = np.array([0, 1, 2, 1])
+    with pytest.warns(UserWarning, match=f"comes from a {kind}.*output_layer='logits'"):
+        squashed = Saliency(model)(x, labels).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explainer = Saliency(model, output_layer="logits")
+    np.testing.assert_allclose(explainer(x, labels).numpy(), np.abs(w[:, labels].T), rtol=1e-6)
+    assert not np.allclose(squashed, np.abs(w[:, labels].T))
+    assert model.layers[-1].layers[0].activation.__name__ == (kind if "fused" in head
+                                                               else "linear")  # untouched
+
+
+def test_output_layer_logits_prefers_a_layer_named_logits_and_refuses_linear_models():
+    model = softmax_model()  # has a layer named "logits" before its softmax
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Saliency(model, output_layer="logits")
+    linear = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="out")])
+    with pytest.raises(ValueError, match="output_layer: expected 'logits' for a model ending"):
+        Saliency(linear, output_layer="logits")
 
 
 @pytest.mark.parametrize("reducer", ["max", "mean", "min", "sum", None])
