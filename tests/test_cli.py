@@ -146,6 +146,17 @@ def test_demo_runs_end_to_end_and_caches_its_model(tmp_path, monkeypatch, capsys
     assert len(cached) == 1
     code, text, _ = run(argv, capsys)
     assert code == 0 and f"Loaded the trained demo model from {cached[0]}" in text
+    # the saved demo model through the command line, on PNGs of its own kind of data
+    from saliencekit.commons import synthetic
+
+    folder = tmp_path / "shapes"
+    folder.mkdir()
+    for i, image in enumerate(synthetic.shapes(3, seed=5).images):
+        write_png(folder / f"s{i}.png", np.round(image * 255))
+    code, _, err = run(["explain", "--model", cached[0], "--images", folder, "--method",
+                        "LayerCAM", "--out", tmp_path / "maps", "--verbose", 0], capsys)
+    assert code == 0, err
+    assert np.load(tmp_path / "maps" / "maps.npy").shape == (3, 64, 64, 1)
 
 
 def test_the_demo_covers_every_explainer():
