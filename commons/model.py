@@ -333,14 +333,14 @@ def _before_final_activation(model) -> keras.Model:
             "named 'logits')", f"'logits' for model {model.name!r}, whose last layer "
             f"{getattr(_last_layer(model), 'name', None)!r} applies neither")
     last = _last_layer(model)
-    graph = flatten(model, split_activations=lambda layer: layer is last)
-    node = [n for n in graph.nodes if n.layer is last][-1]
-    if node.pre_activation is not None:  # Dense(..., activation="softmax")
+    if final[2]:  # fused, as in Dense(..., activation="softmax"): its pre-activation
+        graph = flatten(model, split_activations=lambda layer: layer is last)
+        node = [n for n in graph.nodes if n.layer is last][-1]
         return keras.Model(graph.inputs[0], node.pre_activation)
-    # a separate Softmax/Activation layer: the output of the node before it
-    index = graph.nodes.index(node)
-    previous = [n for n in graph.nodes[:index] if not isinstance(n.layer, keras.Model)]
-    return keras.Model(graph.inputs[0], previous[-1].output)
+    # a separate Softmax/Activation layer: the same graph with it replaced by an identity
+    graph = flatten(model, substitute=lambda layer: keras.layers.Identity(
+        name=f"{layer.name}_skipped") if layer is last else None)
+    return keras.Model(graph.inputs[0], graph.outputs[0])
 
 
 def final_activation(model: Any) -> tuple[str, str, bool] | None:
