@@ -331,10 +331,7 @@ def _alpha(alpha: Any) -> float:
 
 
 def _normalization(name: Any) -> Callable:
-    if not isinstance(name, str) or name not in NORMALIZATIONS:
-        raise validation.value_error(
-            "normalization", f"one of {', '.join(map(repr, NORMALIZATIONS))}", repr(name))
-    return NORMALIZATIONS[name]
+    return NORMALIZATIONS[validation.one_of("normalization", name, tuple(NORMALIZATIONS))]
 
 
 def _positive_number(argument: str, value: Any) -> float:

@@ -94,7 +94,11 @@ def positive_floats(argument: str, value: Any) -> tuple[float, ...]:
 
 
 def one_of(argument: str, value: Any, options) -> Any:
-    if value not in options:
+    try:
+        known = value in options
+    except TypeError:  # unhashable values are in no dict or set of options
+        known = False
+    if not known:
         raise value_error(argument, f"one of {', '.join(map(repr, options))}", repr(value))
     return value
 
