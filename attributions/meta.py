@@ -10,7 +10,28 @@ from ..operators import tasks
 from .base import BlackBoxExplainer
 
 
-class Smoothed(BlackBoxExplainer):
+class _MetaExplainer(BlackBoxExplainer):
+    """An explainer wrapping another: its model, operator and settings are the wrapped one's."""
+
+    explainer: BlackBoxExplainer
+
+    def _wrap(self, explainer: BlackBoxExplainer) -> None:
+        if not isinstance(explainer, BlackBoxExplainer):
+            raise validation.type_error(
+                "explainer", "a saliencekit explainer", type(explainer).__name__
+            )
+        self.explainer = explainer
+        super().__init__(
+            explainer.model,
+            batch_size=explainer.batch_size,
+            operator=explainer.operator,
+            jit_compile=explainer.jit_compile,
+            strategy=explainer.strategy,
+        )
+        self._explained = explainer._explained  # targets resolve on the wrapped output
+
+
+class Smoothed(_MetaExplainer):
     """Runs any explainer on noisy copies of the inputs and averages the maps.
 
     SmoothGrad generalised (smoothed Grad-CAM, smoothed FullGrad, ...): Smilkov et al.
@@ -54,22 +75,10 @@ class Smoothed(BlackBoxExplainer):
         noise: float = 0.1,
         seed: int | None = None,
     ):
-        if not isinstance(explainer, BlackBoxExplainer):
-            raise validation.type_error(
-                "explainer", "a saliencekit explainer", type(explainer).__name__
-            )
-        self.explainer = explainer
+        self._wrap(explainer)
         self.nb_samples = validation.positive_int("nb_samples", nb_samples)
         self.noise = validation.non_negative_float("noise", noise)
         self.seed = validation.optional_seed("seed", seed)
-        super().__init__(
-            explainer.model,
-            batch_size=explainer.batch_size,
-            operator=explainer.operator,
-            jit_compile=explainer.jit_compile,
-            strategy=explainer.strategy,
-        )
-        self._explained = explainer._explained  # targets resolve on the wrapped output
 
     def __repr__(self) -> str:
         return (f"Smoothed({self.explainer!r}, nb_samples={self.nb_samples}, "
@@ -92,7 +101,7 @@ class Smoothed(BlackBoxExplainer):
         return total / self.nb_samples
 
 
-class TTA(BlackBoxExplainer):
+class TTA(_MetaExplainer):
     """Test-time augmentation: explains rescaled and mirrored views of the inputs, maps
     each view's map back to the input's frame (unflip, resize) and averages them.
 
@@ -142,24 +151,12 @@ class TTA(BlackBoxExplainer):
         hflip: bool = True,
         resize_method: str = "bilinear",
     ):
-        if not isinstance(explainer, BlackBoxExplainer):
-            raise validation.type_error(
-                "explainer", "a saliencekit explainer", type(explainer).__name__
-            )
-        self.explainer = explainer
+        self._wrap(explainer)
         self.scales = validation.positive_floats("scales", scales)
         if not isinstance(hflip, bool):
             raise validation.type_error("hflip", "True or False", repr(hflip))
         self.hflip = hflip
         self.resize_method = validation.one_of("resize_method", resize_method, _RESIZE_METHODS)
-        super().__init__(
-            explainer.model,
-            batch_size=explainer.batch_size,
-            operator=explainer.operator,
-            jit_compile=explainer.jit_compile,
-            strategy=explainer.strategy,
-        )
-        self._explained = explainer._explained  # targets resolve on the wrapped output
         self._check_setting()
         views = [(1.0, False)] + [(1.0, True)] * hflip
         for scale in dict.fromkeys(s for s in self.scales if s != 1.0):
