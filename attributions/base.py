@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import time
 import warnings
 from typing import Any
 
@@ -24,15 +23,8 @@ import tensorflow as tf
 
 from ..commons import data, postprocess, sink, validation
 from ..commons import model as inspect_model
+from ..commons import progress as progress_lib
 from ..operators import get_operator
-
-
-def _check_model(model: Any) -> None:
-    if not isinstance(model, keras.layers.Layer):
-        raise validation.type_error(
-            "model", "a Keras 3 model (keras.Model or keras.layers.Layer)",
-            type(model).__name__,
-        )
 
 
 def _checked_operator(operator):
@@ -96,51 +88,44 @@ def _is_chief(strategy) -> bool:
     return resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster
 
 
-class _Progress:
-    """A ``keras.utils.Progbar`` over batches, with the throughput in images/s.
-
-    ``verbose=1`` always shows it, ``0`` never, ``"auto"`` when the run has more than one
-    batch (known at the start for arrays; a Dataset's bar appears with its second batch).
-    Past the first batch, which pays for tracing, the throughput counts from its end.
-    """
-
-    def __init__(self, verbose, total: int | None):
-        self.lazy = verbose == "auto" and total is None
-        show = verbose == 1 or (verbose == "auto" and (total is None or total > 1))
-        self.bar = keras.utils.Progbar(
-            total, unit_name="batch", stateful_metrics=["images/s"]) if show else None
-        self.batches = self.rows = self.first_rows = 0
-        self.since = time.perf_counter()
-        self.rate = 0.0
-
-    def update(self, rows: int) -> None:
-        """One more batch of ``rows`` real inputs (host integers: no device sync)."""
-        self.batches += 1
-        self.rows += rows
-        if self.bar is None:
-            return
-        now = time.perf_counter()
-        self.rate = (self.rows - self.first_rows) / max(now - self.since, 1e-9)
-        if self.batches == 1:
-            self.since, self.first_rows = now, rows
-        if self.lazy and self.batches == 1:  # a Dataset's first batch may be the whole run:
-            self.bar.verbose = 0  # let the bar time its first step without printing it
-            self.bar.update(1)
-            self.bar.verbose = 1
-            return
-        self.bar.update(self.batches, [("images/s", self.rate)])
-
-    def close(self) -> None:
-        """End the bar's line when it has no target (a Dataset)."""
-        shown = self.bar is not None and self.batches > (1 if self.lazy else 0)
-        if shown and self.bar.target is None:
-            self.bar.update(self.batches, [("images/s", self.rate)], finalize=True)
-
-
 def _seeds(inputs: tf.Tensor, offset: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """``(B, 2)`` per-row ``(index in the user's data, seed)``, built inside the kernel."""
     rows = offset + tf.range(tf.shape(inputs, out_type=tf.int64)[0])
     return tf.stack([rows, tf.fill(tf.shape(rows), seed)], axis=1)
+
+
+class _Kernel:
+    """A method's per-batch function compiled once per rank of its inputs and targets.
+
+    Each is a ``tf.function`` with ``reduce_retracing``, so the batch axis and sizes may
+    relax, but a rank never does: targets of shape ``(N, 7)`` then ``(N, 4, 7)`` get a
+    trace each, not one of unknown rank, which rank-based code (operators, messages)
+    cannot read. ``functools.partial``: TensorFlow keys its "frequent retracing" warning
+    by a function's ``__code__``, which every explainer's bound method shares; a partial
+    has none, so each explainer is counted on its own.
+    """
+
+    def __init__(self, function, jit_compile: bool):
+        self._function = function
+        self._jit_compile = jit_compile
+        self._compiled: dict = {}
+
+    def _for(self, inputs, targets):
+        key = (inputs.shape.rank, None if targets is None else targets.shape.rank)
+        if key not in self._compiled:
+            self._compiled[key] = tf.function(
+                functools.partial(self._function), jit_compile=self._jit_compile,
+                reduce_retracing=True)
+        return self._compiled[key]
+
+    def __call__(self, inputs, targets, *rest):
+        return self._for(inputs, targets)(inputs, targets, *rest)
+
+    def get_concrete_function(self, inputs, targets, *rest):
+        return self._for(inputs, targets).get_concrete_function(inputs, targets, *rest)
+
+    def experimental_get_tracing_count(self) -> int:
+        return sum(f.experimental_get_tracing_count() for f in self._compiled.values())
 
 
 class BlackBoxExplainer:
@@ -174,6 +159,8 @@ class BlackBoxExplainer:
 
     #: Methods that draw noise set this; their runs repeat with the same ``seed``.
     _stochastic = False
+    #: Methods that need the model's layers (a Keras 3 functional or Sequential graph).
+    _needs_graph = False
 
     def __init__(
         self,
@@ -183,8 +170,10 @@ class BlackBoxExplainer:
         jit_compile: bool = False,
         strategy: tf.distribute.Strategy | None = None,
     ):
-        _check_model(model)
-        self.model = model
+        self.model = model  # the user's object, never changed
+        # what the kernels call: a Keras 3 model (one-element input/output lists unlisted;
+        # a tf_keras graph converted for methods that need layers) or a CallableModel
+        self._model = inspect_model.as_model(model, needs_graph=self._needs_graph)
         self.batch_size = validation.positive_int("batch_size", batch_size)
         self.operator, self._target_rules = get_operator(operator)
         self.jit_compile = bool(jit_compile)
@@ -192,9 +181,9 @@ class BlackBoxExplainer:
         self._operator = _checked_operator(self.operator)
         # channels_first models are explained through a channels-last view: the kernels see
         # (N, *S, C) inputs and maps; the user's layout is restored at the kernel's end
-        self._channels_first = inspect_model.is_channels_first(model)
+        self._channels_first = inspect_model.is_channels_first(self._model)
         # what the operator evaluates (rerouted by white-box methods)
-        self._explained = inspect_model.channels_last(model)
+        self._explained = inspect_model.channels_last(self._model)
         self._reducer: str | None = None
         self._output_shapes: dict[tuple, tuple] = {}
         self._kernel = self._compile(self._explain_step)
@@ -298,7 +287,8 @@ class BlackBoxExplainer:
         per_input = 4 * math.prod(batches.sample_shape)
         settings = {
             "explainer": repr(self),
-            "model_weights": sink.fingerprint(w.numpy() for w in self.model.weights),
+            "model_weights": sink.fingerprint(
+                w.numpy() for w in inspect_model.model_weights(self._model)),
             "input_shape": list(batches.sample_shape),
             "count": batches.count,
         }
@@ -325,7 +315,7 @@ class BlackBoxExplainer:
 
     def __repr__(self) -> str:
         """``SmoothGrad(model='cnn', batch_size=64, operator='classification', ...)``."""
-        shown = [f"model={self.model.name!r}"]
+        shown = [f"model={inspect_model.model_name(self.model)!r}"]
         for name, value in vars(self).items():
             if name.startswith("_") or name == "model" or isinstance(value, (list, dict)):
                 continue
@@ -340,16 +330,12 @@ class BlackBoxExplainer:
 
     # -- machinery shared by every method ------------------------------------------------
     def _compile(self, function):
-        # functools.partial: TensorFlow keys its "frequent retracing" warning by a
-        # function's __code__, which every explainer's bound method shares; a partial has
-        # none, so each explainer is counted on its own (each traces once per shape).
-        return tf.function(
-            functools.partial(function), jit_compile=self.jit_compile, reduce_retracing=True
-        )
+        return _Kernel(function, self.jit_compile)
 
     def _forward(self, inputs: tf.Tensor) -> tf.Tensor:
         """The explained model in inference mode, with float32 outputs."""
-        return tf.cast(self._explained(inputs, training=False), tf.float32)
+        outputs = self._explained(inputs, training=False)
+        return tf.nest.map_structure(lambda output: tf.cast(output, tf.float32), outputs)
 
     def _score(self, inputs: tf.Tensor, targets: tf.Tensor | None) -> tf.Tensor:
         """The operator's ``(B,)`` scores: the compiled batched score function."""
@@ -376,13 +362,14 @@ class BlackBoxExplainer:
         return tf.transpose(maps, [0, maps.shape.rank - 1, *range(1, maps.shape.rank - 1)])
 
     def _postprocess(self, maps: tf.Tensor, inputs: tf.Tensor) -> tf.Tensor:
-        """Images ``(N, H, W, C)`` get ``(N, H, W, 1)`` maps at their size; 1-D inputs
-        ``(N, T, C)`` keep their shape (low-resolution maps are resized along T)."""
+        """Images ``(N, H, W, C)`` get ``(N, H, W, 1)`` maps at their size and series
+        ``(N, T, C)`` get ``(N, T, 1)`` (channels reduced by the reducer; ``reducer=None``
+        keeps them; low-resolution maps are resized); tables ``(N, D)`` keep their shape."""
         maps = tf.cast(maps, tf.float32)
         rank = inputs.shape.rank
         if rank >= 3 and maps.shape.rank == rank - 1:
             maps = maps[..., None]
-        if rank >= 4:
+        if rank >= 3:
             maps = postprocess.reduce_channels(maps, self._reducer)
         if rank >= 3:
             maps = postprocess.resize_spatial(maps, tuple(inputs.shape[1:-1]))
@@ -391,14 +378,16 @@ class BlackBoxExplainer:
     def _output_shape(self, sample_shape: tuple) -> tuple:
         if sample_shape not in self._output_shapes:
             self._output_shapes[sample_shape] = inspect_model.output_shape(
-                self._explained, sample_shape
-            )
+                self._explained, sample_shape, single=self._target_rules is not None)
         return self._output_shapes[sample_shape]
+
+    def _check_batches(self, batches: data.Batches) -> None:
+        """Checks of a method's own against the inputs' shape, before any trace."""
 
     def _batches(self, inputs, targets) -> data.Batches:
         if self._channels_first:
             inputs = data.channels_last(inputs)
-        return data.batches(
+        batches = data.batches(
             inputs,
             targets,
             batch_size=self.batch_size,
@@ -407,6 +396,8 @@ class BlackBoxExplainer:
             rules=self._target_rules,
             multiple_of=self._strategy.num_replicas_in_sync if self._strategy else 1,
         )
+        self._check_batches(batches)
+        return batches
 
     def _draw_seed(self) -> int:
         if not self._stochastic:
@@ -477,7 +468,7 @@ class BlackBoxExplainer:
         kernel = self._on_devices(kernel)
         seed = tf.constant(seed, tf.int64)
         total = None if batches.batch_count is None else batches.batch_count - len(skip)
-        progress = _Progress(verbose, total)
+        progress = progress_lib.Progress(verbose, total)
         try:
             for x, t, offset, valid in batches.iterate(skip):
                 out = kernel(x, t, offset, seed)
@@ -537,10 +528,13 @@ class WhiteBoxExplainer(BlackBoxExplainer):
         self.reducer = reducer
         self._reducer = postprocess.check_reducer(reducer)
         self.output_layer = output_layer
+        if output_layer is not None and not inspect_model.has_graph(self._model):
+            self._model = inspect_model.as_model(
+                model, needs_graph=True, argument="model (with output_layer)")
         self._explained = inspect_model.channels_last(
-            inspect_model.differentiable(inspect_model.reroute(model, output_layer)))
+            inspect_model.differentiable(inspect_model.reroute(self._model, output_layer)))
         # an output_layer is the user's choice: only the model's own output is questioned
-        final = inspect_model.final_activation(model) if output_layer is None else None
+        final = inspect_model.final_activation(self._model) if output_layer is None else None
         if final is not None:
             name, kind, _ = final
             mixes = ("its gradients mix every class's logit, so maps show more than the "
@@ -553,26 +547,52 @@ class WhiteBoxExplainer(BlackBoxExplainer):
                 stacklevel=3,
             )
 
+    def _check_batches(self, batches: data.Batches) -> None:
+        super()._check_batches(batches)
+        # the output's shape was just read by calling the model eagerly: a callable that
+        # answered with numpy has no gradient, say so before any trace
+        if getattr(self._explained, "numpy_level", False):
+            raise self._not_differentiable()
+
+    def _not_differentiable(self) -> TypeError:
+        return validation.type_error(
+            "model", "a model differentiable with respect to its inputs (TensorFlow "
+            "operations from the inputs to the outputs)", f"{self._model_kind()}, whose "
+            "outputs have no gradient with respect to the inputs",
+            "Black-box methods (Occlusion, ...) explain any callable, numpy-level "
+            "predictors included.")
+
     def _gradients(self, inputs: tf.Tensor, targets: tf.Tensor | None) -> tf.Tensor:
         """``d score / d inputs`` for one batch."""
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(inputs)
             score = self._score(inputs, targets)
-        return tape.gradient(score, inputs)
+        gradients = tape.gradient(score, inputs)
+        if gradients is None:
+            raise self._not_differentiable()
+        return gradients
+
+    def _model_kind(self) -> str:
+        numpy_level = getattr(self._explained, "numpy_level", False)
+        return (f"{'a numpy-level callable' if numpy_level else 'the model'} "
+                f"{inspect_model.model_name(self.model)!r}")
 
     def _tapped_gradients(self, tapped: keras.Model, inputs, targets, wrt_inputs=True):
         """Gradients of the score with respect to the extra outputs of ``tapped`` (a model
         returning ``[output, *taps]``) and, if ``wrt_inputs``, to the inputs. Returns
         ``(input_gradient or None, taps, tap_gradients)``. In the compiled kernel, backward
         ops that only lead to the inputs are pruned when ``wrt_inputs`` is False, so the
-        backward pass stops at the taps."""
+        backward pass stops at the taps. A model with several outputs (explained by a
+        user's operator) gets them all: ``tapped`` returns ``[*outputs, *taps]``."""
         taps: list = []
+        outputs = len(tf.nest.flatten(self._explained.outputs))
 
         def forward(x):
             results = tapped(x, training=False)
             results = list(results) if isinstance(results, (list, tuple)) else [results]
-            taps[:] = results[1:]
-            return tf.cast(results[0], tf.float32)
+            taps[:] = results[outputs:]
+            return tf.nest.map_structure(lambda o: tf.cast(o, tf.float32), (
+                results[0] if outputs == 1 else results[:outputs]))
 
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(inputs)

@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from ..commons import model as inspect_model
-from ..commons import postprocess
+from ..commons import postprocess, validation
 from .base import WhiteBoxExplainer
 
 
@@ -79,6 +79,8 @@ class FullGrad(WhiteBoxExplainer):
     True
     """
 
+    _needs_graph = True
+
     def __init__(
         self,
         model: keras.Model,
@@ -102,6 +104,14 @@ class FullGrad(WhiteBoxExplainer):
         graph = inspect_model.flatten(
             self._explained, split_activations=inspect_model.has_implicit_bias
         )
+        hidden = sorted({n.path for n in graph.nodes if inspect_model.hidden_bias(n.layer)})
+        if hidden:  # its bias terms would be missing, and the map silently wrong
+            raise validation.value_error(
+                "model", "layers whose biases FullGrad can read (a 'bias' weight, batch "
+                "normalisation, Rescaling, Normalization)", f"layers declaring use_bias=True "
+                f"with no 'bias' weight: {hidden}",
+                "Their bias terms cannot be computed; gradient methods (Saliency, "
+                "IntegratedGradients, ...) explain this model.")
         nodes = [n for n in graph.nodes if inspect_model.has_implicit_bias(n.layer)]
         #: the biased layers, in the order of :meth:`raw_terms`' bias terms
         self.bias_layers = [n.path for n in nodes]

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..commons import random, validation
+from ..commons import batch_ops, random, validation
 from .base import WhiteBoxExplainer
 
 
@@ -66,10 +66,7 @@ class _SampledGradients(WhiteBoxExplainer):
         sample_shape = inputs.shape[1:]
         copies = tf.clip_by_value(self.batch_size // batch, 1, self.nb_samples)  # per pass
         chunks = (self.nb_samples + copies - 1) // copies
-        t = None
-        if targets is not None:  # (B, ...) -> (copies * B, ...), sample-major
-            multiples = tf.concat([[copies], tf.ones([targets.shape.rank], tf.int64)], 0)
-            t = tf.reshape(tf.tile(targets[None], multiples), (-1, *targets.shape[1:]))
+        t = batch_ops.tile(targets, copies)  # (copies * B, ...), sample-major
         weight_shape = [-1] + [1] * (len(sample_shape) + 1)
 
         def chunk_stats(index):

@@ -112,6 +112,7 @@ class _ModifiedReLUGradients(Saliency):
     """``|d score / d x|`` through ReLUs whose backward pass follows ``_rule``."""
 
     _rule = staticmethod(guided)
+    _needs_graph = True
 
     def __init__(
         self,
@@ -157,7 +158,8 @@ class _ModifiedReLUGradients(Saliency):
                 stacklevel=2,
             )
         self.relu_layers = tuple(replaced)
-        self._explained = graph.model(name=f"{self.model.name}_{self._rule.__name__}")
+        name = inspect_model.model_name(self.model)
+        self._explained = graph.model(name=f"{name}_{self._rule.__name__}")
 
 
 class GuidedBackprop(_ModifiedReLUGradients):

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..commons import validation
+from ..commons import batch_ops, validation
 from .base import BlackBoxExplainer
 
 
@@ -81,13 +81,26 @@ class Occlusion(BlackBoxExplainer):
         super().__init__(model, batch_size=batch_size, operator=operator, jit_compile=jit_compile,
                          strategy=strategy)
 
-    def _geometry(self, inputs):
-        """Static patch layout: spatial sizes, starts ``(P, S)``, coverage counts."""
-        rank = inputs.shape.rank
-        spatial = tuple(inputs.shape[1:-1]) if rank >= 3 else (inputs.shape[1],)
+    def _check_batches(self, batches):
+        self._patches(batches.sample_shape)
+
+    def _patches(self, sample_shape: tuple):
+        """Spatial sizes, patch and stride per axis; a patch larger than the input along an
+        axis would hide all of it at once (a constant map): refused."""
+        spatial = tuple(sample_shape[:-1]) if len(sample_shape) >= 2 else tuple(sample_shape)
         patch = validation.int_tuple("patch_size", self.patch_size, len(spatial))
         stride = patch if self.patch_stride is None else validation.int_tuple(
             "patch_stride", self.patch_stride, len(spatial))
+        if any(p > s for p, s in zip(patch, spatial)):
+            raise validation.value_error(
+                "patch_size", f"at most the inputs' size {spatial} along each axis (a patch "
+                "covering a whole axis hides everything at once: a constant map)",
+                self.patch_size)
+        return spatial, patch, stride
+
+    def _geometry(self, inputs):
+        """Static patch layout: spatial sizes, starts ``(P, S)``, coverage counts."""
+        spatial, patch, stride = self._patches(tuple(inputs.shape[1:]))
         per_axis = [patch_starts(s, p, st) for s, p, st in zip(spatial, patch, stride)]
         starts = np.array(np.meshgrid(*per_axis, indexing="ij")).reshape(len(spatial), -1).T
         coverage = np.zeros(spatial, np.float32)
@@ -109,10 +122,7 @@ class Occlusion(BlackBoxExplainer):
         padded = tf.reshape(padded, (chunks, copies, len(spatial)))
 
         base = self._score(inputs, targets)  # (B,)
-        tiled_targets = None
-        if targets is not None:
-            multiples = tf.concat([[copies], tf.ones([targets.shape.rank], tf.int32)], 0)
-            tiled_targets = tf.reshape(tf.tile(targets[None], multiples), (-1, *targets.shape[1:]))
+        tiled_targets = batch_ops.tile(targets, copies)
         total = tf.zeros_like(inputs[..., 0] if has_channels else inputs)  # (B, *spatial)
         for chunk in tf.range(chunks):
             tf.autograph.experimental.set_loop_options(parallel_iterations=1)  # memory bound

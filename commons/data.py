@@ -121,7 +121,7 @@ def _expected_targets(rules: TargetRules, output_shape: tuple) -> str:
         shapes.append(f"class ids of shape (N{''.join(f', {d}' for d in output_shape[1:r])})")
     for spec in rules.float_ranks:
         r = _resolve_rank(spec, rank)
-        if r == rank:
+        if r == rank and rules.match_output_shape:
             shapes.append("a float mask of the output's shape (N, "
                           + ", ".join(map(str, output_shape[1:])) + ")")
         elif r == 2:
@@ -178,7 +178,7 @@ def _encode_targets(targets, count, rules, output_shape):
                 "targets", expected + f" (the model has {width} outputs per position)",
                 f"shape {tuple(tensor.shape)}",
             )
-        if rank == out_rank:
+        if rank == out_rank and rules.match_output_shape:
             _check_spatial(tensor.shape[1:], output_shape[1:], expected)
         tensor = tf.cast(tensor, tf.float32)
         validation.finite_array("targets", tensor.numpy())

@@ -45,6 +45,191 @@ class Graph:
         return keras.Model(inputs, outputs[0] if len(outputs) == 1 else outputs, name=name)
 
 
+class CallableModel:
+    """Any model that is not a Keras 3 layer graph, seen as one: ``model(x) -> outputs``.
+
+    Wraps a ``tf_keras`` (Keras 2) model, a ``tf.Module`` or a SavedModel loaded with
+    ``tf.saved_model.load`` (its ``__call__``, else its ``serving_default`` signature), a
+    ``tf.function`` or a plain function. Gradient and black-box methods need nothing
+    more. A function that cannot run on symbolic tensors (a numpy-level predictor such as
+    scikit-learn's ``predict_proba``) runs through ``tf.numpy_function``: black-box methods
+    explain it, gradient methods refuse it (it has no gradient).
+    """
+
+    def __init__(self, function, name: str, variables=(), source: Any = None,
+                 input_shape: tuple | None = None):
+        self._function = function
+        self.name = name
+        self._variables = variables
+        self.source = source  # the user's object
+        self.input_shape = input_shape  # without the batch axis, when it declares one
+        self.numpy_level = False
+
+    @property
+    def weights(self) -> list:
+        return list(self._variables() if callable(self._variables) else self._variables)
+
+    def __call__(self, inputs, training=False):
+        del training  # inference is what is explained; a plain callable has no mode
+        if tf.executing_eagerly():
+            outputs = self._call(inputs)
+            if not self.numpy_level and not all(
+                    tf.is_tensor(o) for o in tf.nest.flatten(outputs)):
+                self.numpy_level = True  # numpy out: it cannot run on symbolic tensors
+            return outputs
+        if self.numpy_level:
+            return self._call(inputs)
+        try:
+            return self._call(inputs)
+        except Exception:
+            self.numpy_level = True
+            return self._call(inputs)
+
+    def _call(self, inputs):
+        if not self.numpy_level:
+            return _single_output(self._function(inputs), self.name)
+        function = self._function
+        sample = np.zeros((1, *inputs.shape[1:]), np.float32)
+        width = np.asarray(function(sample)).shape[1:]  # the output's shape, once
+
+        def run(batch):
+            return np.asarray(function(batch), np.float32)
+
+        outputs = tf.numpy_function(run, [inputs], tf.float32, stateful=False)
+        return tf.ensure_shape(outputs, (inputs.shape[0], *width))
+
+
+def _single_output(outputs, name):
+    """A SavedModel signature returns a dict of outputs: its only one."""
+    if isinstance(outputs, dict):
+        if len(outputs) != 1:
+            raise validation.value_error(
+                "model", "a callable returning one output tensor (or a dict of one)",
+                f"{name!r} returning the outputs {sorted(outputs)}",
+                "Wrap it: model=lambda x: loaded(x)[name].")
+        (outputs,) = outputs.values()
+    if isinstance(outputs, (list, tuple)) and len(outputs) == 1:
+        (outputs,) = outputs
+    return outputs
+
+
+def _is_tf_keras(model: Any) -> bool:
+    return any(cls.__module__.startswith("tf_keras") for cls in type(model).__mro__)
+
+
+def _tf_keras_graph(model: Any, argument: str):
+    """A Keras 3 copy of a ``tf_keras`` functional or Sequential model (through an HDF5
+    file, the format both Keras read), for methods that need the layers."""
+    import os
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "model.h5")
+            model.save(path, include_optimizer=False)
+            return keras.models.load_model(path, compile=False)
+    except Exception as error:
+        raise validation.type_error(
+            argument, "a Keras 3 functional or Sequential model (this method needs the "
+            "model's layers)", f"the tf_keras model {model.name!r}, which could not be "
+            f"converted ({type(error).__name__}: {str(error)[:200]})",
+            "Gradient and black-box methods explain it as it is; or save it as .h5 and "
+            "reload it with keras.models.load_model.") from None
+
+
+def as_model(model: Any, *, needs_graph: bool = False, argument: str = "model") -> Any:
+    """What the kernels call: a Keras 3 model (a functional model declared with one-element
+    input/output lists rebuilt as the single-input, single-output model it is), or a
+    :class:`CallableModel`. ``needs_graph``: the method needs a Keras 3 layer graph; a
+    ``tf_keras`` functional/Sequential model is converted, anything else refused."""
+    if isinstance(model, keras.layers.Layer):
+        return _unlisted(model)
+    if needs_graph:
+        if _is_tf_keras(model) and isinstance(getattr(model, "layers", None), list) and (
+                getattr(model, "_is_graph_network", False) or type(model).__name__ ==
+                "Sequential"):
+            return _unlisted(_tf_keras_graph(model, argument))
+        raise validation.type_error(
+            argument, "a functional or Sequential Keras model (this method needs the "
+            "model's layers)", _kind(model),
+            "Gradient and black-box methods (Saliency, SmoothGrad, Occlusion, ...) explain "
+            "any differentiable callable.")
+    if _is_tf_keras(model):
+        def tf_keras_call(x):
+            return model(x, training=False)
+        shape = None
+        try:
+            if len(model.inputs) == 1:
+                shape = tuple(model.inputs[0].shape[1:])
+        except (AttributeError, ValueError, TypeError):
+            pass
+        return CallableModel(tf_keras_call, model.name, lambda: model.weights, model, shape)
+    if isinstance(model, tf.Module) or hasattr(model, "signatures"):
+        function = model if callable(model) else None
+        signatures = getattr(model, "signatures", None) or {}
+        shape = None
+        if function is None and "serving_default" in signatures:
+            signature = signatures["serving_default"]
+            specs = tf.nest.flatten(signature.structured_input_signature)
+            if len(specs) != 1:
+                raise validation.value_error(
+                    argument, "a SavedModel whose serving signature takes one tensor",
+                    f"a signature taking {len(specs)}")
+            shape = tuple(specs[0].shape[1:]) if specs[0].shape.rank else None
+            key = signature.structured_input_signature[1]
+            if key:  # keyword inputs
+                (key,) = key
+                function = lambda x, f=signature, k=key: f(**{k: x})  # noqa: E731
+            else:
+                function = signature
+        if function is None:
+            raise validation.type_error(
+                argument, "a callable tf.Module or a SavedModel with __call__ or a "
+                "'serving_default' signature", _kind(model))
+        name = getattr(model, "name", None) or type(model).__name__
+        return CallableModel(function, name, lambda: model.variables, model, shape)
+    if callable(model):
+        name = getattr(model, "__name__", None) or type(model).__name__
+        return CallableModel(model, name, (), model)
+    raise validation.type_error(
+        argument, "a Keras model, a tf_keras model, a tf.Module, a SavedModel or a "
+        "callable mapping a batch of inputs to outputs", _kind(model))
+
+
+def _kind(model: Any) -> str:
+    kind = type(model)
+    if _is_tf_keras(model):
+        return f"the tf_keras (Keras 2) model {kind.__name__} {getattr(model, 'name', '')!r}"
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _unlisted(model):
+    """A functional model declared ``keras.Model([inputs], [outputs])`` (as Keras-2 era
+    ``.h5`` files load) as ``keras.Model(inputs, outputs)``, sharing its layers."""
+    if not has_graph(model) or isinstance(model, keras.Sequential):
+        return model
+    try:
+        inputs, outputs = model.input, model.output
+    except (AttributeError, ValueError):
+        return model
+    listed_in = isinstance(inputs, (list, tuple)) and len(inputs) == 1
+    listed_out = isinstance(outputs, (list, tuple)) and len(outputs) == 1
+    if not (listed_in or listed_out):
+        return model
+    return keras.Model(inputs[0] if listed_in else inputs,
+                       outputs[0] if listed_out else outputs, name=model.name)
+
+
+def model_weights(model: Any) -> list:
+    """The model's variables (none for a plain function)."""
+    return list(getattr(model, "weights", None) or [])
+
+
+def model_name(model: Any) -> str:
+    return getattr(model, "name", None) or getattr(model, "__name__", None) or type(
+        model).__name__
+
+
 def has_graph(model: Any) -> bool:
     """Functional and Sequential models have a graph to inspect; subclassed ones do not."""
     return isinstance(model, (keras.Sequential, _functional_class()))
@@ -59,6 +244,8 @@ def _functional_class() -> type:
 
 def sample_input_shape(model: Any) -> tuple | None:
     """The model's input shape without the batch axis, where the model declares one."""
+    if isinstance(model, CallableModel):
+        return model.input_shape
     try:
         inputs = model.inputs
     except (AttributeError, ValueError):
@@ -360,15 +547,28 @@ def final_activation(model: Any) -> tuple[str, str, bool] | None:
     return None
 
 
-def output_shape(model: Any, sample_shape: tuple) -> tuple:
-    """The model's output shape (batch axis first, as ``None``) for inputs of this shape."""
-    spec = model.compute_output_spec(keras.KerasTensor((None, *sample_shape), dtype="float32"))
+def output_shape(model: Any, sample_shape: tuple, single: bool = True) -> tuple | None:
+    """The model's output shape (batch axis first, as ``None``) for inputs of this shape.
+    A model with several outputs is refused when ``single``, else gives ``None`` (a user's
+    operator decides what it explains)."""
+    if isinstance(model, CallableModel):  # no symbolic shapes: one input, eagerly
+        spec = model(tf.zeros((1, *sample_shape), tf.float32))
+        spec = tf.nest.map_structure(
+            lambda t: keras.KerasTensor((None, *t.shape[1:])), spec)
+    else:
+        spec = model.compute_output_spec(
+            keras.KerasTensor((None, *sample_shape), dtype="float32"))
     if isinstance(spec, (list, tuple, dict)):
-        count = len(spec)
+        if len(spec) == 1:
+            (spec,) = spec.values() if isinstance(spec, dict) else spec
+            return tuple(spec.shape)
+        if not single:
+            return None
         raise validation.value_error(
             "model",
-            "a model with one output (choose one with output_layer=...)",
-            f"a model with {count} outputs",
+            "a model with one output for a built-in operator (choose one with "
+            "output_layer=..., or pass a callable operator)",
+            f"a model with {len(spec)} outputs",
         )
     return tuple(spec.shape)
 
@@ -393,11 +593,9 @@ def implicit_bias(layer: keras.layers.Layer, rank: int) -> tf.Tensor | None:
         mean = tf.convert_to_tensor(layer.mean)
         std = tf.maximum(tf.sqrt(tf.convert_to_tensor(layer.variance)), keras.backend.epsilon())
         return mean if layer.invert else -mean / std
-    bias = getattr(layer, "bias", None)
-    if not getattr(layer, "use_bias", True) or bias is None:
+    if not has_implicit_bias(layer):
         return None
-    if not isinstance(bias, keras.Variable):
-        return None
+    bias = layer.bias
     if getattr(layer, "data_format", "channels_last") == "channels_first":
         return _along_axis(tf.convert_to_tensor(bias), 1, rank)
     return tf.convert_to_tensor(bias)
@@ -417,6 +615,19 @@ def has_implicit_bias(layer: keras.layers.Layer) -> bool:
         return implicit_bias(layer, 1) is not None
     if isinstance(layer, keras.Model):
         return False
-    return isinstance(getattr(layer, "bias", None), keras.Variable) and getattr(
-        layer, "use_bias", True
-    )
+    return getattr(layer, "use_bias", True) and _is_variable(getattr(layer, "bias", None))
+
+
+def _is_variable(value: Any) -> bool:
+    """A weight, whatever class holds it: Keras < 3.7 kept biases in backend variables that
+    are not ``keras.Variable`` instances."""
+    return isinstance(value, (keras.Variable, tf.Variable)) or (
+        value is not None and hasattr(value, "shape") and hasattr(value, "assign"))
+
+
+def hidden_bias(layer: keras.layers.Layer) -> bool:
+    """The layer says it adds a bias (``use_bias=True``) but keeps none where
+    :func:`implicit_bias` reads it (``layer.bias``): a term FullGrad would miss."""
+    if isinstance(layer, keras.Model) or getattr(layer, "use_bias", False) is not True:
+        return False
+    return not _is_variable(getattr(layer, "bias", None))

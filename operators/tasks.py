@@ -132,6 +132,9 @@ class TargetRules:
     #: reshape ``(N, C)`` targets to ``(N, 1, ..., 1, C)``, the output's rank, so that the
     #: kernel always sees targets of one rank
     to_output_rank: bool = False
+    #: float targets of the output's rank have the output's shape (a segmentation mask);
+    #: False where their other axes are free (detection: any number K of target boxes)
+    match_output_shape: bool = True
 
 
 #: Built-in operators' target rules; a user's callable gets ``None`` (targets are passed
@@ -143,5 +146,6 @@ TARGET_RULES: dict[Operator, TargetRules] = {
         ids_ranks=("1", "output-1"), float_ranks=("2", "output"), if_none="predicted",
         to_output_rank=True,
     ),
-    object_detection: TargetRules(ids_ranks=(), float_ranks=("2", "3"), if_none="required"),
+    object_detection: TargetRules(ids_ranks=(), float_ranks=("2", "3"), if_none="required",
+                                  match_output_shape=False),
 }

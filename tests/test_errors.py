@@ -1,6 +1,8 @@
 """Bad input gets a clear error naming the argument, what was expected and what was given,
 raised before any heavy work."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -64,7 +66,8 @@ CONSTRUCTION = [
      ["output_layer", "ending in a softmax or sigmoid", "'logits'"]),
     (lambda m: Saliency(m, strategy="mirrored"), TypeError, ["strategy", "tf.distribute"]),
     (lambda m: Occlusion(m, occlusion_value="grey"), TypeError, ["occlusion_value", "number"]),
-    (lambda m: Saliency("model.keras"), TypeError, ["model", "Keras 3 model", "str"]),
+    (lambda m: Saliency("model.keras"), TypeError,
+     ["model", "a Keras model, a tf_keras model", "str"]),
     (lambda m: GradCAM(subclassed_cnn()), TypeError,
      ["model", "functional or Sequential", "SubclassedCNN"]),
 ]
@@ -109,6 +112,16 @@ def test_bad_call(model, method, inputs, targets, error, words):
     for word in words:
         assert word in str(info.value), (word, str(info.value))
     assert explainer._kernel.experimental_get_tracing_count() == 0  # before heavy work
+
+
+@pytest.mark.parametrize("patch_size", [64, (4, 13)])
+def test_a_patch_larger_than_the_input_is_refused_not_a_constant_map(model, patch_size):
+    explainer = Occlusion(model, patch_size=patch_size)
+    with pytest.raises(ValueError, match=r"patch_size: expected at most the inputs' size "
+                                         r"\(12, 12\).*got " + re.escape(str(patch_size))):
+        explainer(X, Y)
+    assert explainer._kernel.experimental_get_tracing_count() == 0
+    assert np.ptp(Occlusion(model, patch_size=(12, 4))(X, Y).numpy()) > 0  # a whole axis: ok
 
 
 DATASETS = [

@@ -80,10 +80,15 @@ def test_time_series_and_tabular_inputs():
     ])
     x = np.random.default_rng(0).random((5, 20, 2)).astype("float32")
     for name in set(EXPLAINERS) - IMAGES_ONLY:
+        # like images: channels reduced by the reducer, so every method gives (N, T, 1)
         maps = FACTORIES[name](series).explain(x, [0, 1, 2, 0, 1]).numpy()
-        channels = 1 if name in CAMS | {"Occlusion", "FullGrad"} else 2  # gradients keep them
-        assert maps.shape == (5, 20, channels), name
+        assert maps.shape == (5, 20, 1), name
         assert np.isfinite(maps).all()
+    # reducer=None keeps them, and the default reduction is their max
+    kept = Saliency(series, reducer=None).explain(x, [0, 1, 2, 0, 1]).numpy()
+    assert kept.shape == (5, 20, 2)
+    np.testing.assert_allclose(Saliency(series).explain(x, [0, 1, 2, 0, 1]).numpy(),
+                               kept.max(-1, keepdims=True))
     table = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="relu"),
                               keras.layers.Dense(2)])
     rows = np.random.default_rng(1).random((4, 6)).astype("float32")

@@ -1,0 +1,292 @@
+"""Models as users have them (issue 11): one-element input/output lists (Keras-2 era
+``.h5``), callable operators on multi-output models, detection targets of any K, tf_keras
+models, SavedModels, tf.Modules, plain and numpy-level functions."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import CAMS, EXPLAINERS, GRAPH_ONLY, explainer_factories
+from saliencekit.attributions import FullGrad, GradCAM, Occlusion, Saliency, SmoothGrad
+
+tf_keras = pytest.importorskip("tf_keras")  # in the test extra: must be there in CI
+
+FACTORIES = explainer_factories()
+X = np.random.default_rng(0).random((3, 8, 8, 1)).astype("float32")
+Y = [0, 1, 2]
+
+
+def conv_head(inputs):
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    return keras.layers.Dense(3, name="dense")(keras.layers.GlobalAveragePooling2D()(x))
+
+
+def test_one_element_input_and_output_lists_are_the_single_io_model():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    outputs = conv_head(inputs)
+    listed = keras.Model([inputs], [outputs])
+    plain = keras.Model(inputs, outputs)  # the same layers
+    for name in EXPLAINERS:
+        np.testing.assert_allclose(
+            FACTORIES[name](listed)(X, Y).numpy(), FACTORIES[name](plain)(X, Y).numpy(),
+            rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def tf_keras_functional(seed=0):
+    tf_keras.utils.set_random_seed(seed)
+    inputs = tf_keras.Input((8, 8, 1))
+    x = tf_keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    x = tf_keras.layers.BatchNormalization()(x)
+    x = tf_keras.layers.GlobalAveragePooling2D()(x)
+    return tf_keras.Model(inputs, tf_keras.layers.Dense(3, name="dense")(x))
+
+
+def tf_keras_sequential(seed=0):
+    tf_keras.utils.set_random_seed(seed)
+    return tf_keras.Sequential([
+        tf_keras.Input((8, 8, 1)), tf_keras.layers.Conv2D(4, 3, activation="relu"),
+        tf_keras.layers.GlobalAveragePooling2D(), tf_keras.layers.Dense(3)])
+
+
+def reference_gradients(function, x, classes):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        score = tf.reduce_sum(function(x) * tf.one_hot(classes, 3), -1)
+    return np.abs(tape.gradient(score, x).numpy()).max(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("build", [tf_keras_functional, tf_keras_sequential])
+def test_keras2_h5_files_load_and_every_explainer_explains_them(tmp_path, build):
+    old = build()
+    path = str(tmp_path / "old.h5")
+    old.save(path)  # written by Keras 2, as the files people have
+    loaded = keras.models.load_model(path, compile=False)
+    expected = reference_gradients(lambda v: old(v, training=False), X, Y)
+    np.testing.assert_allclose(Saliency(loaded)(X, Y).numpy(), expected, rtol=1e-5, atol=1e-6)
+    for name in EXPLAINERS:
+        maps = FACTORIES[name](loaded)(X, Y).numpy()
+        assert maps.shape == (3, 8, 8, 1) and np.isfinite(maps).all(), name
+
+
+@pytest.mark.parametrize("build", [tf_keras_functional, tf_keras_sequential])
+def test_tf_keras_models_are_explained_by_every_explainer(build):
+    model = build()
+    expected = reference_gradients(lambda v: model(v, training=False), X, Y)
+    np.testing.assert_allclose(Saliency(model)(X, Y).numpy(), expected, rtol=1e-5, atol=1e-6)
+    before = [w.numpy().copy() for w in model.weights]
+    for name in EXPLAINERS:
+        maps = FACTORIES[name](model)(X, Y).numpy()
+        assert maps.shape == (3, 8, 8, 1) and np.isfinite(maps).all(), name
+    # graph methods work on a Keras 3 copy: same maps as on the model reloaded by hand
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights))
+
+
+def test_graph_methods_on_tf_keras_equal_those_on_its_keras3_copy(tmp_path):
+    model = tf_keras_functional()
+    path = str(tmp_path / "m.h5")
+    model.save(path)
+    copy = keras.models.load_model(path, compile=False)
+    for name in sorted(GRAPH_ONLY):
+        np.testing.assert_allclose(FACTORIES[name](model)(X, Y).numpy(),
+                                   FACTORIES[name](copy)(X, Y).numpy(), rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+
+
+def test_a_subclassed_tf_keras_model_is_refused_by_graph_methods_with_the_way_out():
+    class Net(tf_keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.conv = tf_keras.layers.Conv2D(4, 3)
+            self.pool = tf_keras.layers.GlobalAveragePooling2D()
+
+        def call(self, x):
+            return self.pool(self.conv(x))
+
+    net = Net()
+    net(X)
+    assert Saliency(net)(X, [0, 1, 2]).shape == (3, 8, 8, 1)
+    with pytest.raises(TypeError, match="tf_keras") as info:
+        GradCAM(net)
+    assert "Gradient and black-box" in str(info.value)
+
+
+def test_saved_models_modules_and_functions():
+    model = tf_keras_sequential()
+    expected = reference_gradients(lambda v: model(v, training=False), X, Y)
+
+    class Module(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = tf.Variable(tf.random.stateless_normal((64, 3), (1, 2)))
+
+        @tf.function
+        def __call__(self, x):
+            return tf.reshape(x, (-1, 64)) @ self.w
+
+    module = Module()
+    np.testing.assert_allclose(  # a linear module: |w[:, c]|
+        Saliency(module)(X, Y).numpy().reshape(3, 64),
+        np.abs(module.w.numpy()[:, Y].T), rtol=1e-6)
+    np.testing.assert_allclose(Saliency(lambda v: model(v))(X, Y).numpy(), expected,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(Saliency(tf.function(model))(X, Y).numpy(), expected,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_a_saved_model_by_call_and_by_serving_signature(tmp_path):
+    model = tf_keras_sequential()
+    expected = reference_gradients(lambda v: model(v, training=False), X, Y)
+    tf.saved_model.save(model, str(tmp_path / "sm"))
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    np.testing.assert_allclose(Saliency(loaded)(X, Y).numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert Occlusion(loaded, patch_size=4)(X, Y).shape == (3, 8, 8, 1)
+
+    class Exported(tf.Module):  # a SavedModel with only a serving signature (keyword input)
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+    exported = Exported(model)
+    serve = tf.function(lambda images: {"scores": model(images)},
+                        input_signature=[tf.TensorSpec((None, 8, 8, 1), tf.float32)])
+    tf.saved_model.save(exported, str(tmp_path / "serving"), signatures={"serving_default": serve})
+    served = tf.saved_model.load(str(tmp_path / "serving"))
+    assert not callable(served)
+    np.testing.assert_allclose(Saliency(served)(X, Y).numpy(), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"inputs: expected inputs of shape \(N, 8, 8, 1\)"):
+        Saliency(served)(X[:, :6], Y)  # the signature's shape is checked before a trace
+
+
+def test_numpy_level_predictors_go_to_black_box_methods_only():
+    weights = np.random.default_rng(1).normal(size=(64, 3)).astype("float32")
+
+    def predict(batch):  # like scikit-learn's predict_proba: numpy in, numpy out
+        return np.asarray(batch).reshape(len(batch), -1) @ weights
+
+    # occlusion of a linear model: the drop is the patch's contribution, spread exactly
+    maps = Occlusion(predict, patch_size=1)(X, Y).numpy()
+    contributions = X.reshape(3, 64) * weights[:, Y].T
+    np.testing.assert_allclose(maps.reshape(3, 64), contributions, rtol=1e-4, atol=1e-6)
+    with pytest.raises(TypeError, match=r"numpy-level callable 'predict'.*Black-box") as info:
+        Saliency(predict)(X, Y)
+    assert "in user code" not in str(info.value)  # raised before any trace
+
+
+def test_models_that_are_not_models_are_refused():
+    with pytest.raises(TypeError, match=r"model: expected a Keras model.*got builtins.int"):
+        Saliency(42)
+    with pytest.raises(TypeError, match="this method needs the model's layers"):
+        GradCAM(lambda v: v)
+
+
+def two_heads():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    pooled = keras.layers.GlobalAveragePooling2D()(
+        keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs))
+    first = keras.layers.Dense(3, name="first")(pooled)
+    second = keras.layers.Dense(2, name="second")(pooled)
+    return keras.Model(inputs, [first, second])
+
+
+@pytest.mark.parametrize("name", sorted(set(EXPLAINERS) - {"FullGrad"}))
+def test_a_callable_operator_explains_a_multi_output_model(name):
+    model = two_heads()
+    second = keras.Model(model.inputs, model.outputs[1])
+
+    def operator(m, x, t):
+        return m(x)[1][:, 1]
+
+    def single(m, x, t):
+        return m(x)[:, 1]
+
+    np.testing.assert_allclose(
+        FACTORIES[name](model, operator=operator)(X).numpy(),
+        FACTORIES[name](second, operator=single)(X).numpy(), rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_a_built_in_operator_on_a_multi_output_model_asks_for_a_choice():
+    with pytest.raises(ValueError, match=r"one output for a built-in operator.*callable operator"):
+        Saliency(two_heads())(X, Y)
+
+
+def detector(boxes=3):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inputs))
+
+    def part(width, scale=1.0, offset=0.0):  # (N, boxes, width) in [offset, offset + scale]
+        dense = keras.layers.Dense(boxes * width, activation="sigmoid")(x)
+        return keras.layers.Reshape((boxes, width))(keras.layers.Rescaling(scale, offset)(dense))
+
+    # boxes (x1, y1) <= 0.5 <= (x2, y2): never empty, so IoUs are not all zero
+    return keras.Model(inputs, keras.layers.Concatenate()(
+        [part(2, 0.5), part(2, 0.5, 0.5), part(5)]))
+
+
+@pytest.mark.parametrize("method", [Saliency, Occlusion])
+def test_detection_targets_of_any_count_and_rank_in_any_order(method):
+    model = detector(boxes=3)
+    explainer = method(model, operator="object detection", **(
+        {"patch_size": 4} if method is Occlusion else {}))
+    predictions = model(X).numpy()
+    one = predictions[:, 0]  # (N, 7)
+    four = np.concatenate([predictions, predictions[:, :1]], 1)  # (N, K=4, 7): K != 3 boxes
+    first = explainer(X, one).numpy()
+    several = explainer(X, four).numpy()  # a second rank after the first: traced again
+    again = explainer(X, one).numpy()
+    np.testing.assert_array_equal(first, again)
+    assert np.isfinite(several).all() and np.abs(several).sum() > 0
+    # K copies of one box score K times its score: maps scale by K (same for any K)
+    np.testing.assert_allclose(explainer(X, np.repeat(one[:, None], 5, 1)).numpy(),
+                               5 * first, rtol=1e-4, atol=1e-6)
+
+
+def test_fullgrad_refuses_biases_it_cannot_find():
+    class HiddenBias(keras.layers.Layer):
+        """Declares a bias (use_bias=True) kept where FullGrad cannot read it."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.use_bias = True
+            self.offset = 0.5
+
+        def call(self, x):
+            return x + self.offset
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    x = HiddenBias(name="hidden")(keras.layers.Conv2D(2, 3, activation="relu")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(x)))
+    with pytest.raises(ValueError, match="hidden"):
+        FullGrad(model)
+
+
+def test_fullgrad_counts_biases_that_are_not_keras_variables():
+    """Keras < 3.7 kept layer biases as backend variables that are not ``keras.Variable``
+    instances: FullGrad found none and silently dropped every bias term."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 1))
+    conv = keras.layers.Conv2D(2, 3, activation="relu")
+    dense = keras.layers.Dense(3)
+    model = keras.Model(inputs, dense(keras.layers.Flatten()(conv(inputs))))
+    conv.bias.assign(tf.fill(conv.bias.shape, 0.3))
+    explainer = FullGrad(model)
+    terms = explainer.raw_terms(X, Y) if hasattr(explainer, "raw_terms") else None
+    assert terms is not None
+    score = tf.reduce_sum(model(X) * tf.one_hot(Y, 3), -1).numpy()
+    total = sum(np.sum(t.numpy().reshape(3, -1), 1) for t in tf.nest.flatten(terms))
+    np.testing.assert_allclose(total, score, rtol=1e-4, atol=1e-5)
+
+
+def test_smoothgrad_on_a_callable_repeats_with_a_seed():
+    model = tf_keras_sequential()
+    a = SmoothGrad(model, nb_samples=4, seed=1, batch_size=2)(X, Y).numpy()
+    b = SmoothGrad(lambda v: model(v), nb_samples=4, seed=1, batch_size=8)(X, Y).numpy()
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+assert CAMS <= GRAPH_ONLY
