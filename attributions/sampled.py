@@ -1,0 +1,126 @@
+"""The loop shared by black-box methods that score perturbed copies of their inputs
+(Rise, Lime, KernelShap, Sobol, HSIC).
+
+A method says how many perturbed copies each input gets, how to make a chunk of them, and
+what to accumulate from their scores; the loop runs the chunks one at a time
+(``parallel_iterations=1``), each a single forward pass of ``batch_size`` perturbed inputs
+(several copies of one input when there are fewer inputs than ``batch_size``), so memory
+is bounded by ``batch_size`` whatever the number of samples, and the model appears once in
+the graph. Sample ``s`` of input ``i`` is drawn from ``(seed, i, s)`` alone
+(:mod:`saliencekit.commons.sampling`), so neither the batch size nor the chunking changes
+a seeded run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+
+from ..commons import validation
+from .base import BlackBoxExplainer
+
+
+def batch_size_for(batch_size: Any, per_input: int) -> int:
+    """xplique's ``batch_size=None``: every perturbed copy of one input in one pass."""
+    return per_input if batch_size is None else batch_size
+
+
+class SampledExplainer(BlackBoxExplainer):
+    """Base of the perturbation methods: the chunked, seeded loop over samples.
+
+    A subclass implements:
+
+    - :meth:`_evaluations` ``(inputs) -> int``: perturbed copies per input (static);
+    - :meth:`_setup` ``(inputs, targets, seeds) -> context``: what a batch needs once
+      (anything: a dict of tensors);
+    - :meth:`_initial` ``(inputs, context) -> state``: the accumulators (a nest of
+      tensors and TensorArrays of fixed shapes);
+    - :meth:`_perturb` ``(inputs, seeds, sample, context) -> (perturbed, aux)``: the copies
+      ``(copies, B, ...)`` for sample indices ``sample`` ``(copies,)``, and whatever
+      :meth:`_update` needs of them;
+    - :meth:`_update` ``(state, index, sample, valid, aux, scores, context) -> state``,
+      with the chunk's ``index``, ``scores`` ``(copies, B)`` and ``valid`` ``(copies,)``
+      (False for the padding samples of the last chunk);
+    - :meth:`_finish` ``(inputs, seeds, state, context) -> maps``.
+    """
+
+    _stochastic = True
+    seed: int | None
+
+    def _set_seed(self, seed) -> None:
+        self.seed = validation.optional_seed("seed", seed)
+
+    # -- what a method implements -----------------------------------------------------------
+    def _evaluations(self, inputs: tf.Tensor) -> int:
+        raise NotImplementedError
+
+    def _setup(self, inputs, targets, seeds) -> Any:
+        return {}
+
+    def _initial(self, inputs, context) -> Any:
+        raise NotImplementedError
+
+    def _perturb(self, inputs, seeds, sample, context):
+        raise NotImplementedError
+
+    def _update(self, state, index, sample, valid, aux, scores, context):
+        raise NotImplementedError
+
+    def _finish(self, inputs, seeds, state, context):
+        raise NotImplementedError
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _batch(self, inputs, targets, seeds):
+        total = self._evaluations(inputs)
+        batch = tf.shape(inputs, out_type=tf.int64)[0]
+        copies = tf.clip_by_value(self.batch_size // batch, 1, total)  # copies per pass
+        chunks = (total + copies - 1) // copies
+        tiled = None
+        if targets is not None:  # (B, ...) -> (copies * B, ...), sample-major
+            multiples = tf.concat([[copies], tf.ones([targets.shape.rank], tf.int64)], 0)
+            tiled = tf.reshape(tf.tile(targets[None], multiples), (-1, *targets.shape[1:]))
+        context = self._setup(inputs, targets, seeds)
+        sample_shape = inputs.shape[1:]
+
+        def body(index, state):
+            sample = index * copies + tf.range(copies, dtype=tf.int64)
+            valid = sample < total
+            perturbed, aux = self._perturb(inputs, seeds, tf.minimum(sample, total - 1), context)
+            flat = tf.reshape(perturbed, (-1, *sample_shape))
+            scores = tf.reshape(self._score(flat, tiled), tf.stack([copies, batch]))
+            return index + 1, self._update(state, index, sample, valid, aux, scores, context)
+
+        state = self._initial(inputs, context)
+        _, state = tf.while_loop(
+            lambda index, _: index < chunks, body, (tf.constant(0, tf.int64), state),
+            # one chunk in flight: while_loop's default of 10 parallel iterations would hold
+            # up to 10 chunks of perturbed inputs (and their activations) at once
+            parallel_iterations=1)
+        return self._finish(inputs, seeds, state, context)
+
+
+def score_array(inputs: tf.Tensor, total: int, batch_size: int) -> tf.TensorArray:
+    """A TensorArray for every chunk's ``(copies, B)`` scores (4 bytes per forward pass)."""
+    del inputs, total, batch_size
+    return tf.TensorArray(tf.float32, size=0, dynamic_size=True, element_shape=(None, None))
+
+
+def gathered_scores(array: tf.TensorArray, total: int) -> tf.Tensor:
+    """``(B, total)``: every sample's score, in sample order (the last chunk's padding cut)."""
+    stacked = array.stack()  # (chunks, copies, B)
+    flat = tf.reshape(stacked, tf.stack([-1, tf.shape(stacked)[-1]]))
+    return tf.transpose(tf.gather(flat, tf.range(total)))
+
+
+def tiled_per_input(values: tf.Tensor, copies) -> tf.Tensor:
+    """``(B, ...) -> (copies, B, ...)`` without copying more than the broadcast."""
+    return tf.broadcast_to(values[None], tf.concat([[copies], tf.shape(values)], 0))
+
+
+def check_images(name: str, inputs: tf.Tensor) -> None:
+    if inputs.shape.rank != 4:
+        raise validation.value_error(
+            "inputs", f"images (N, H, W, C) for {name}", f"shape {tuple(inputs.shape)}",
+            "Sobol and HSIC attribution work on a grid of image cells; use Rise, Lime or "
+            "KernelShap for series and tables.")

@@ -1,0 +1,136 @@
+"""Random masks and designs of the black-box methods, keyed by ``(seed, input, sample)``.
+
+Every random number here is a pure function of ``(seed, stream, input index, sample index,
+element)``: a counter-based integer hash (Wellons' ``lowbias32``, applied in a chain)
+evaluated by vectorised TensorFlow integer ops. A sample's mask therefore does not depend
+on which batch, which chunk of samples or which replica it is drawn in, so a ``seed``
+repeats a run for any ``batch_size``, and, integer ops being exact, with or without XLA.
+
+What the methods share:
+
+- :func:`uniform`: keyed uniforms ``(samples, rows, *shape)`` in ``[0, 1)``.
+- :func:`cell_map`: the grid cell of each position, the nearest-neighbour upsampling of a
+  low-resolution grid used by Sobol, HSIC and Lime's default interpretable space.
+- :func:`shifted_bilinear`: RISE's smooth masks, a low-resolution grid upsampled
+  bilinearly to ``size * (1 + 1 / grid)`` and cropped at a random offset per mask.
+- :func:`sobol_rows`: rows of the Sobol' sequence, digitally shifted per input
+  (randomised quasi-Monte Carlo) or not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+_M1 = 0x7FEB352D
+_M2 = 0x846CA68B
+_BITS = 24  # float32 uniforms with 24 random bits: exact multiples of 2**-24
+
+
+def _hash(x: tf.Tensor) -> tf.Tensor:
+    """Wellons' lowbias32 integer hash on uint32 (a bijection with good avalanche)."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
+    x = x * tf.constant(_M1, tf.uint32)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(15, tf.uint32)))
+    x = x * tf.constant(_M2, tf.uint32)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, tf.constant(16, tf.uint32)))
+
+
+def _u32(value) -> tf.Tensor:
+    value = tf.convert_to_tensor(value)
+    if value.dtype != tf.int64:
+        value = tf.cast(value, tf.int64)
+    return tf.cast(tf.bitwise.bitwise_and(value, 0xFFFFFFFF), tf.uint32)
+
+
+def random_bits(seed, rows, samples, shape, stream: int = 0) -> tf.Tensor:
+    """uint32 hashes ``(len(samples), len(rows), *shape)`` keyed by ``(seed, stream, row,
+    sample, element)``. ``rows`` and ``samples`` are 1-D integer tensors; ``shape`` may hold
+    scalar tensors."""
+    shape = [tf.cast(s, tf.int32) for s in shape] if shape else []
+    size = tf.reduce_prod(tf.stack(shape)) if shape else tf.constant(1, tf.int32)
+    element = _u32(tf.range(size))[None, None]  # (1, 1, E)
+    xor = tf.bitwise.bitwise_xor
+    key = _hash(xor(_u32(seed), _hash(tf.constant(stream * 0x9E3779B9 % 2**32 + 1, tf.uint32))))
+    row = _hash(xor(key, _hash(_u32(rows))))[None, :, None]  # (1, B, 1)
+    sample = _hash(xor(_u32(samples), tf.constant(0x632BE5AB, tf.uint32)))[:, None, None]
+    bits = _hash(xor(_hash(xor(row, sample)), element))  # (S, B, E)
+    return tf.reshape(bits, tf.concat([tf.shape(samples)[:1], tf.shape(rows)[:1],
+                                       tf.stack(shape) if shape else tf.zeros([0], tf.int32)],
+                                      0))
+
+
+def uniform(seed, rows, samples, shape, stream: int = 0) -> tf.Tensor:
+    """Keyed uniforms in ``[0, 1)``, shape ``(len(samples), len(rows), *shape)``, float32."""
+    bits = random_bits(seed, rows, samples, shape, stream)
+    top = tf.bitwise.right_shift(bits, tf.constant(32 - _BITS, tf.uint32))
+    return tf.cast(top, tf.float32) * (2.0 ** -_BITS)
+
+
+def nearest_index(size: int, grid: int) -> np.ndarray:
+    """For each of ``size`` positions, its cell among ``grid``: ``tf.image.resize``'s
+    nearest-neighbour rule (half-pixel centres, ``floor((y + 0.5) * grid / size)``), in
+    exact integer arithmetic."""
+    return np.minimum((2 * np.arange(size) + 1) * grid // (2 * size), grid - 1)
+
+
+def cell_map(size: tuple[int, ...], grid: tuple[int, ...]) -> np.ndarray:
+    """The cell index (row-major in the grid) of every position of an input of spatial
+    ``size``: nearest-neighbour upsampling of the grid, as xplique's Sobol and HSIC
+    upsample their masks (``tf.image.resize(..., method="nearest")``). A numpy array."""
+    per_axis = [nearest_index(s, g) for s, g in zip(size, grid)]
+    if len(size) == 1:
+        return per_axis[0].astype(np.int32)
+    return (per_axis[0][:, None] * grid[1] + per_axis[1][None, :]).astype(np.int32)
+
+
+def bilinear_weights(offsets: tf.Tensor, size: int, upsampled: int, grid: int) -> tf.Tensor:
+    """``(n, size, grid)`` weights: row ``y`` of mask ``i`` is the bilinear interpolation
+    (``tf.image.resize``'s, half-pixel centres) of a ``grid``-long axis upsampled to
+    ``upsampled``, read at position ``y + offsets[i]``."""
+    position = tf.cast(offsets[:, None] + tf.range(size, dtype=offsets.dtype)[None], tf.float32)
+    source = (position + 0.5) * (grid / upsampled) - 0.5
+    floor = tf.floor(source)
+    lerp = source - floor
+    lower = tf.cast(tf.maximum(floor, 0.0), tf.int32)
+    upper = tf.cast(tf.minimum(tf.math.ceil(source), grid - 1.0), tf.int32)
+    return (tf.one_hot(lower, grid) * (1.0 - lerp)[..., None]
+            + tf.one_hot(upper, grid) * lerp[..., None])
+
+
+def upsampled_size(size: int, grid: int) -> int:
+    """RISE's upsampled extent ``size * (1 + 1 / grid)`` (xplique's rounding)."""
+    return int(size * (1.0 + 1.0 / grid))
+
+
+def shifted_bilinear(cells: tf.Tensor, offsets: list[tf.Tensor], size: tuple[int, ...]
+                     ) -> tf.Tensor:
+    """RISE masks: ``cells`` ``(n, g1[, g2], ...)`` upsampled bilinearly along its first one
+    or two axes to ``size * (1 + 1 / g)`` and cropped at ``offsets`` (one ``(n,)`` integer
+    tensor per upsampled axis). Returns ``(n, *size, ...)``."""
+    grids = cells.shape[1:1 + len(size)]
+    weights = [bilinear_weights(o, s, upsampled_size(s, g), g)
+               for o, s, g in zip(offsets, size, grids)]
+    if len(size) == 1:
+        return tf.einsum("ntg,ng...->nt...", weights[0], cells)
+    return tf.einsum("nyg,ngk,nxk->nyx", weights[0], cells, weights[1])
+
+
+def sobol_rows(dimension: int, first, count) -> tf.Tensor:
+    """Rows ``first, ..., first + count - 1`` of TensorFlow's Sobol' sequence (which starts
+    after the origin) in ``dimension`` dimensions, ``(count, dimension)`` float32."""
+    return tf.math.sobol_sample(dimension, tf.cast(count, tf.int32),
+                                skip=tf.cast(first, tf.int32), dtype=tf.float32)
+
+
+def digital_shift(points: tf.Tensor, seed, rows, stream: int = 7) -> tf.Tensor:
+    """Randomised QMC: ``points`` ``(n, B, d)`` in [0, 1) XOR-ed, bit by bit, with one
+    uniform 24-bit shift per input row and dimension (a random digital shift keeps a
+    (t, m, s)-net a net, and makes each point uniform on the cube)."""
+    dimension = points.shape[-1]
+    shift = random_bits(seed, rows, tf.zeros([1], tf.int64), [dimension], stream)[0]  # (B, d)
+    shift = tf.bitwise.right_shift(shift, tf.constant(32 - _BITS, tf.uint32))
+    scaled = tf.cast(tf.floor(points * 2.0**_BITS), tf.uint32)
+    shifted = tf.bitwise.bitwise_xor(scaled, shift[None])
+    # the centre of the 2**-24-wide cell: no point sits exactly on 0 or on 0.5
+    return (tf.cast(shifted, tf.float32) + 0.5) * (2.0 ** -_BITS)
