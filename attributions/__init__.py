@@ -35,3 +35,10 @@ __all__ = [
     "VarGrad",
     "WhiteBoxExplainer",
 ]
+
+# the black-box family (issue 13)
+from .gsa import HsicAttributionMethod, SobolAttributionMethod
+from .lime import KernelShap, Lime
+from .rise import Rise
+
+__all__ += ["HsicAttributionMethod", "KernelShap", "Lime", "Rise", "SobolAttributionMethod"]

@@ -124,13 +124,14 @@ def sobol_rows(dimension: int, first, count) -> tf.Tensor:
 
 
 def digital_shift(points: tf.Tensor, seed, rows, stream: int = 7) -> tf.Tensor:
-    """Randomised QMC: ``points`` ``(n, B, d)`` in [0, 1) XOR-ed, bit by bit, with one
-    uniform 24-bit shift per input row and dimension (a random digital shift keeps a
-    (t, m, s)-net a net, and makes each point uniform on the cube)."""
+    """Randomised QMC: ``points`` ``(n, d)`` in [0, 1) XOR-ed, bit by bit, with one uniform
+    24-bit shift per input row (``rows`` ``(B,)``) and dimension, giving ``(n, B, d)``. A
+    random digital shift keeps a (t, m, s)-net a net and makes each point uniform on the
+    cube, so estimates are unbiased and still low-discrepancy."""
     dimension = points.shape[-1]
     shift = random_bits(seed, rows, tf.zeros([1], tf.int64), [dimension], stream)[0]  # (B, d)
     shift = tf.bitwise.right_shift(shift, tf.constant(32 - _BITS, tf.uint32))
     scaled = tf.cast(tf.floor(points * 2.0**_BITS), tf.uint32)
-    shifted = tf.bitwise.bitwise_xor(scaled, shift[None])
+    shifted = tf.bitwise.bitwise_xor(scaled[:, None], shift[None])
     # the centre of the 2**-24-wide cell: no point sits exactly on 0 or on 0.5
     return (tf.cast(shifted, tf.float32) + 0.5) * (2.0 ** -_BITS)
