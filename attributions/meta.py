@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import tensorflow as tf
 
 from ..commons import model as inspect_model
@@ -86,24 +89,30 @@ class Smoothed(_MetaExplainer):
 
     def _batch(self, inputs, targets, seeds):
         def sample_maps(sample):
-            noisy = random.noisy(inputs, self.noise, seeds, sample)
+            # each input of a multi-input model draws from its own stream
+            noisy = tf.nest.pack_sequence_as(inputs, [
+                random.noisy(x, self.noise, seeds, sample, stream=leaf)
+                for leaf, x in enumerate(tf.nest.flatten(inputs))])
             # a stochastic wrapped explainer gets its own seed per sample
             inner_seeds = tf.stack([seeds[:, 0], seeds[:, 1] * 7919 + sample + 1], axis=1)
             wrapped = self.explainer
-            return wrapped._postprocess(wrapped._batch(noisy, targets, inner_seeds), noisy)
+            return tf.nest.map_structure(
+                wrapped._postprocess, wrapped._batch(noisy, targets, inner_seeds), noisy)
 
         # The first sample gives the accumulator its shape (a loop variable needs one); the
         # rest run one at a time in a loop.
         total = sample_maps(tf.constant(0, tf.int64))
         for sample in tf.range(1, self.nb_samples, dtype=tf.int64):
             tf.autograph.experimental.set_loop_options(parallel_iterations=1)  # memory bound
-            total += tf.ensure_shape(sample_maps(sample), total.shape)
-        return total / self.nb_samples
+            total = tf.nest.map_structure(
+                lambda t, m: t + tf.ensure_shape(m, t.shape), total, sample_maps(sample))
+        return tf.nest.map_structure(lambda t: t / self.nb_samples, total)
 
 
 class TTA(_MetaExplainer):
     """Test-time augmentation: explains rescaled and mirrored views of the inputs, maps
-    each view's map back to the input's frame (unflip, resize) and averages them.
+    each view's map back to the input's frame and averages them, pixel by pixel, over the
+    views that see the pixel.
 
     The multi-scale, mirrored evaluation of Simonyan & Zisserman (2014), *Very Deep
     Convolutional Networks for Large-Scale Image Recognition*,
@@ -117,19 +126,38 @@ class TTA(_MetaExplainer):
         Any saliencekit explainer of images, a meta-explainer included. Its model,
         operator, batch size and ``jit_compile`` are used.
     scales : sequence of float, default (0.5, 1.5, 2.0)
-        Input sizes relative to the original; the original view (scale 1, not flipped) is
-        always included, once. A model with a fixed input size takes only ``scales=()``.
+        Zoom factors; the original view (scale 1, not flipped) is always included, once.
     hflip : bool, default True
         Also explain the horizontally flipped copy of every view.
     resize_method : str, default "bilinear"
         How views are resized and maps resized back: a ``tf.image.resize`` method.
+    pad_value : "mean" or float, default "mean"
+        What fills the border of a zoomed-out view of a fixed-size model: ``"mean"``, each
+        image's own mean per channel (a constant carries no features, and it is a value in
+        the model's input range whatever the preprocessing, where ``0`` is black for
+        ``[0, 255]`` inputs and grey for ``[-1, 1]`` ones), or a number.
 
-    Views go through the wrapped explainer's per-batch maths one after the other inside
-    one compiled kernel, so memory is bounded by ``batch_size`` times the largest view.
-    Targets left ``None`` are resolved once, on the original inputs. A stochastic wrapped
-    explainer gets its own seed per view. Composition: ``TTA(Smoothed(e))`` adds noise to
-    each view (after rescaling), ``Smoothed(TTA(e))`` rescales each noisy copy; both
-    average the same kind of maps, and differ only in where the noise is drawn.
+    How a view is made depends on the model:
+
+    - **Any input size** (``keras.Input((None, None, C))``): the whole image is resized by
+      the scale; its map is resized back. Every view sees every pixel.
+    - **A fixed input size** (most ``keras.applications`` models): a view keeps the model's
+      size. Zooming in (scale ``s > 1``) explains the central ``H/s x W/s`` region resized
+      up to ``H x W``; its map is resized down and put back in place, and the pixels outside
+      the region get nothing from that view. Zooming out (``s < 1``) explains the image
+      resized down to ``sH x sW`` and padded back to ``H x W`` with ``pad_value``, centred;
+      the map of the padding is dropped and the rest resized back. Sizes are rounded to
+      whole pixels.
+
+    The result at each pixel is the sum of the views' maps there divided by the number of
+    views that see it (``coverage(views)`` gives these counts), so a zoomed-in view does not
+    dilute the border. Flips are undone before the maps are put back. Views go through the
+    wrapped explainer's per-batch maths one after the other inside one compiled kernel, so
+    memory is bounded by ``batch_size`` times the largest view. Targets left ``None`` are
+    resolved once, on the original inputs. A stochastic wrapped explainer gets its own seed
+    per view. Composition: ``TTA(Smoothed(e))`` adds noise to each view (after rescaling),
+    ``Smoothed(TTA(e))`` rescales each noisy copy; both average the same kind of maps, and
+    differ only in where the noise is drawn.
 
     Examples
     --------
@@ -142,6 +170,10 @@ class TTA(_MetaExplainer):
     ((1.0, False), (1.0, True), (0.5, False), (0.5, True), (2.0, False), (2.0, True))
     >>> tuple(tta.explain(np.ones((2, 16, 16, 3)), [0, 1]).shape)
     (2, 16, 16, 1)
+    >>> fixed = keras.Sequential([keras.Input((16, 16, 3)), keras.layers.Conv2D(4, 3),
+    ...                           keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+    >>> tuple(TTA(GradCAM(fixed)).explain(np.ones((2, 16, 16, 3)), [0, 1]).shape)
+    (2, 16, 16, 1)
     """
 
     def __init__(
@@ -150,6 +182,7 @@ class TTA(_MetaExplainer):
         scales=(0.5, 1.5, 2.0),
         hflip: bool = True,
         resize_method: str = "bilinear",
+        pad_value: float | str = "mean",
     ):
         self._wrap(explainer)
         self.scales = validation.positive_floats("scales", scales)
@@ -157,13 +190,15 @@ class TTA(_MetaExplainer):
             raise validation.type_error("hflip", "True or False", repr(hflip))
         self.hflip = hflip
         self.resize_method = validation.one_of("resize_method", resize_method, _RESIZE_METHODS)
-        self._check_setting()
+        self.pad_value = _check_pad_value(pad_value)
+        self._fixed_size = self._check_setting()
         views = [(1.0, False)] + [(1.0, True)] * hflip
         for scale in dict.fromkeys(s for s in self.scales if s != 1.0):
             views += [(scale, False)] + [(scale, True)] * hflip
         self.views = tuple(views)
 
-    def _check_setting(self):
+    def _check_setting(self) -> bool:
+        """Refuses what TTA cannot explain; whether the model has a fixed input size."""
         if self.operator in (tasks.semantic_segmentation, tasks.object_detection):
             raise validation.value_error(
                 "explainer", "an explainer whose targets do not depend on where things are "
@@ -174,13 +209,7 @@ class TTA(_MetaExplainer):
             raise validation.value_error(
                 "explainer", "an explainer of an image model, inputs (N, H, W, C)",
                 f"a model with inputs of shape (N, {', '.join(map(str, shape))})")
-        if shape is not None and any(d is not None for d in shape[:2]) and any(
-                s != 1.0 for s in self.scales):
-            raise validation.value_error(
-                "scales", "() for a model with a fixed input size (only flips apply)",
-                f"{self.scales} for inputs of size {shape[:2]}",
-                "Build the model with keras.Input((None, None, channels)) to explain rescaled "
-                "views.")
+        return shape is not None and any(d is not None for d in shape[:2])
 
     @property
     def _stochastic(self):  # follows the wrapped explainer
@@ -191,31 +220,92 @@ class TTA(_MetaExplainer):
 
     def __repr__(self) -> str:
         return (f"TTA({self.explainer!r}, scales={self.scales}, hflip={self.hflip}, "
-                f"resize_method={self.resize_method!r})")
+                f"resize_method={self.resize_method!r}, pad_value={self.pad_value!r})")
+
+    def coverage(self, size: tuple[int, int]) -> np.ndarray:
+        """How many views see each pixel of an ``(H, W)`` input: the per-pixel divisor."""
+        count = np.zeros(size, np.float32)
+        for scale, flip in self.views:
+            seen = np.ones(size, np.float32)
+            if self._fixed_size and scale > 1:
+                top, left, height, width = _region(size, 1 / scale)
+                seen[:] = 0
+                seen[top:top + height, left:left + width] = 1
+            count += seen[:, ::-1] if flip else seen
+        return count
 
     def _batch(self, inputs, targets, seeds):
         if inputs.shape.rank != 4:
             raise validation.value_error(
                 "inputs", "images (N, H, W, C) for TTA", f"shape {tuple(inputs.shape)}")
-        size = inputs.shape[1:3]
+        size = tuple(inputs.shape[1:3])
         wrapped = self.explainer
         total = None
         for number, (scale, flip) in enumerate(self.views):
-            view_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
             with tf.control_dependencies([] if total is None else [total]):  # one at a time
-                view = inputs
-                if view_size != tuple(size):
-                    view = tf.image.resize(view, view_size, method=self.resize_method)
-                if flip:
-                    view = tf.reverse(view, axis=[2])
+                view = tf.reverse(inputs, axis=[2]) if flip else inputs
+                view = self._view(view, scale, size)
             view_seeds = seeds if number == 0 else tf.stack(
                 [seeds[:, 0], seeds[:, 1] * 104729 + number], axis=1)
             maps = wrapped._postprocess(wrapped._batch(view, targets, view_seeds), view)
+            maps = self._back(maps, scale, size)
             if flip:
                 maps = tf.reverse(maps, axis=[2])
-            maps = postprocess.resize_spatial(maps, tuple(size), self.resize_method)
             total = maps if total is None else total + maps
-        return total / len(self.views)
+        if not self._fixed_size:
+            return total / len(self.views)  # every view sees every pixel
+        return total / tf.constant(self.coverage(size)[None, :, :, None])
+
+    def _view(self, images: tf.Tensor, scale: float, size: tuple) -> tf.Tensor:
+        """The view of ``images`` at ``scale`` (see the class docstring)."""
+        if scale == 1.0:
+            return images
+        if not self._fixed_size:
+            view_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+            if view_size == size:
+                return images
+            return tf.image.resize(images, view_size, method=self.resize_method)
+        top, left, height, width = _region(size, min(scale, 1 / scale))
+        if scale > 1:  # zoom in: the central region, resized up
+            crop = images[:, top:top + height, left:left + width]
+            return tf.image.resize(crop, size, method=self.resize_method)
+        # zoom out: resized down and padded, centred
+        small = tf.image.resize(images, (height, width), method=self.resize_method)
+        fill = (tf.reduce_mean(images, axis=[1, 2], keepdims=True) if self.pad_value == "mean"
+                else tf.constant(self.pad_value, images.dtype))
+        paddings = [[0, 0], [top, size[0] - height - top], [left, size[1] - width - left],
+                    [0, 0]]
+        return tf.pad(small - fill, paddings) + fill
+
+    def _back(self, maps: tf.Tensor, scale: float, size: tuple) -> tf.Tensor:
+        """A view's maps in the input's frame; zero where the view does not see."""
+        if scale == 1.0:
+            return maps
+        if not self._fixed_size:
+            return postprocess.resize_spatial(maps, size, self.resize_method)
+        top, left, height, width = _region(size, min(scale, 1 / scale))
+        if scale > 1:  # the region's map, resized down and put back in place
+            small = postprocess.resize_spatial(maps, (height, width), self.resize_method)
+            paddings = [[0, 0], [top, size[0] - height - top], [left, size[1] - width - left],
+                        [0, 0]]
+            return tf.pad(small, paddings)
+        crop = maps[:, top:top + height, left:left + width]  # the padding's map dropped
+        return postprocess.resize_spatial(crop, size, self.resize_method)
+
+
+def _region(size: tuple, fraction: float) -> tuple[int, int, int, int]:
+    """``(top, left, height, width)`` of the centred region of ``fraction`` of ``size``."""
+    height = min(size[0], max(1, round(size[0] * fraction)))
+    width = min(size[1], max(1, round(size[1] * fraction)))
+    return (size[0] - height) // 2, (size[1] - width) // 2, height, width
+
+
+def _check_pad_value(value):
+    if isinstance(value, str):
+        return validation.one_of("pad_value", value, ("mean",))
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
+        raise validation.type_error("pad_value", '"mean" or a finite number', repr(value))
+    return float(value)
 
 
 _RESIZE_METHODS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5",
