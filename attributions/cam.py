@@ -29,6 +29,10 @@ def gradcampp_weights(activations: tf.Tensor, gradients: tf.Tensor) -> tf.Tensor
     """Grad-CAM++'s channel weights ``(B, *s, C), (B, *s, C) -> (B, C)``:
     ``sum_ij alpha_ij relu(g_ij)`` with ``alpha = g^2 / (2 g^2 + sum_ab A_ab g^3)``, the
     paper's closed form under an exponential of the score (as pytorch-grad-cam computes it).
+
+    The alphas are not normalised: the authors' released code and tf-keras-vis also divide
+    each channel's alphas by their spatial sum (a weighted mean of the positive gradients
+    instead of a weighted sum), which is not in the paper's equations; maps differ.
     """
     spatial = list(range(1, gradients.shape.rank - 1))
     squared = tf.square(gradients)
@@ -442,7 +446,9 @@ class GradCAMPP(GradCAM):
     Convolutional Networks*, https://arxiv.org/abs/1710.11063
 
     Parameters and layer discovery as in :class:`GradCAM`. Weights are
-    :func:`gradcampp_weights` (the closed form of the paper's higher-order terms).
+    :func:`gradcampp_weights` (the closed form of the paper's higher-order terms, as
+    pytorch-grad-cam). Unlike the authors' released code and tf-keras-vis, each channel's
+    alphas are not divided by their spatial sum: that normalisation is not in the paper.
 
     Examples
     --------
@@ -490,7 +496,12 @@ class ScoreCAM(GradCAM):
     layer's activations is resized to the input's size and min-max normalised into a mask
     ``M_k``; its weight is the softmax over channels of ``score(x * M_k)`` (the explained
     output, so the logits when the model or ``output_layer`` gives them). The map is
-    ``relu(sum_k w_k A_k)``. No gradient is used: one forward pass per channel, ``batch_size``
+    ``relu(sum_k w_k A_k)``. This differs from the official code (and tf-keras-vis), which
+    weights channel ``k`` by the class probability of the masked input (a softmax over
+    classes, none over channels): the score here is whatever the operator explains (a
+    regression output, a segmentation sum), which has no class softmax in general.
+
+    No gradient is used: one forward pass per channel, ``batch_size``
     masked inputs at a time, so memory is bounded by ``batch_size`` whatever the number of
     channels. It is exact but costs ``channels`` forward passes per input: choose a layer
     with few channels, or a small ``batch_size`` times many inputs.
