@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..commons import data, postprocess, sink, validation
+from ..commons import batch_ops, data, postprocess, sink, validation
 from ..commons import model as inspect_model
 from ..commons import progress as progress_lib
 from ..operators import get_operator
@@ -32,7 +32,7 @@ def _checked_operator(operator):
 
     def checked(model, inputs, targets):
         score = tf.convert_to_tensor(operator(model, inputs, targets))
-        batch = inputs.shape[0]
+        batch = batch_ops.first(inputs).shape[0]
         known = batch is not None and score.shape.rank == 1 and score.shape[0] is not None
         if score.shape.rank != 1 or (known and score.shape[0] != batch):
             raise validation.value_error(
@@ -90,7 +90,7 @@ def _is_chief(strategy) -> bool:
 
 def _seeds(inputs: tf.Tensor, offset: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """``(B, 2)`` per-row ``(index in the user's data, seed)``, built inside the kernel."""
-    rows = offset + tf.range(tf.shape(inputs, out_type=tf.int64)[0])
+    rows = offset + tf.range(batch_ops.batch_size(inputs))
     return tf.stack([rows, tf.fill(tf.shape(rows), seed)], axis=1)
 
 
@@ -111,7 +111,8 @@ class _Kernel:
         self._compiled: dict = {}
 
     def _for(self, inputs, targets):
-        key = (inputs.shape.rank, None if targets is None else targets.shape.rank)
+        key = (tuple(leaf.shape.rank for leaf in tf.nest.flatten(inputs)),
+               None if targets is None else targets.shape.rank)
         if key not in self._compiled:
             self._compiled[key] = tf.function(
                 functools.partial(self._function), jit_compile=self._jit_compile,
@@ -161,6 +162,8 @@ class BlackBoxExplainer:
     _stochastic = False
     #: Methods that need the model's layers (a Keras 3 functional or Sequential graph).
     _needs_graph = False
+    #: Methods whose maps are defined for a model with one input only.
+    _single_input = False
 
     def __init__(
         self,
@@ -182,6 +185,15 @@ class BlackBoxExplainer:
         # channels_first models are explained through a channels-last view: the kernels see
         # (N, *S, C) inputs and maps; the user's layout is restored at the kernel's end
         self._channels_first = inspect_model.is_channels_first(self._model)
+        # a multi-input model's inputs (None for one input): batches, seeds and maps follow it
+        self._input_structure = inspect_model.input_structure(self._model)
+        if self._single_input and self._input_structure is not None:
+            raise validation.type_error(
+                "model", f"a model with one input ({type(self).__name__} sums terms of "
+                "every layer into one map of the input)", f"a model with "
+                f"{len(self._input_structure)} inputs", "Gradient methods (Saliency, "
+                "IntegratedGradients, ...), Occlusion and the CAM family explain "
+                "multi-input models.")
         # what the operator evaluates (rerouted by white-box methods)
         self._explained = inspect_model.channels_last(self._model)
         self._reducer: str | None = None
@@ -218,7 +230,7 @@ class BlackBoxExplainer:
             always, 0 never, "auto" when the run has more than one batch (a Dataset's bar
             appears once its second batch is explained).
         """
-        return self._run(self._kernel, inputs, targets, verbose=verbose)
+        return self._run(self._kernel, inputs, targets, verbose=verbose, maps=True)
 
     def __call__(self, inputs: Any, targets: Any = None, verbose: str | int = "auto") -> tf.Tensor:
         """Same as :meth:`explain`."""
@@ -284,12 +296,13 @@ class BlackBoxExplainer:
                     "shard_size", f"a multiple of batch_size={self.batch_size} (shards of "
                     "whole batches)", shard_size)
         batches = self._batches(inputs, targets)
-        per_input = 4 * math.prod(batches.sample_shape)
+        per_input = 4 * sum(math.prod(shape) for shape in batches.sample_shapes)
         settings = {
             "explainer": repr(self),
             "model_weights": sink.fingerprint(
                 w.numpy() for w in inspect_model.model_weights(self._model)),
-            "input_shape": list(batches.sample_shape),
+            "input_shape": [list(shape) for shape in batches.sample_shapes] if
+            batches.structured else list(batches.sample_shape),
             "count": batches.count,
         }
         chief = self._strategy is None or _is_chief(self._strategy)
@@ -306,10 +319,10 @@ class BlackBoxExplainer:
                 for offset, maps in self._stream(self._kernel, batches, writer.seed, verbose,
                                                  skip):
                     if pending is not None:
-                        writer.add(int(pending[0]), pending[1].numpy())
+                        writer.add(int(pending[0]), sink.rows(batches.as_given(pending[1])))
                     pending = offset, maps
                 if pending is not None:
-                    writer.add(int(pending[0]), pending[1].numpy())
+                    writer.add(int(pending[0]), sink.rows(batches.as_given(pending[1])))
             writer.finish()
         return sink.MapStore(path) if chief else None
 
@@ -351,8 +364,9 @@ class BlackBoxExplainer:
 
     def _explain_step(self, inputs, targets, offset, seed):
         targets = self._resolve_targets(inputs, targets)
-        maps = self._postprocess(self._batch(inputs, targets, _seeds(inputs, offset, seed)), inputs)
-        return self._user_layout(maps)
+        maps = self._batch(inputs, targets, _seeds(inputs, offset, seed))
+        return tf.nest.map_structure(
+            lambda m, x: self._user_layout(self._postprocess(m, x)), maps, inputs)
 
     def _user_layout(self, maps: tf.Tensor) -> tf.Tensor:
         """Channels-last maps ``(N, *S, C)`` in the user's layout (``(N, C, *S)`` for a
@@ -392,6 +406,7 @@ class BlackBoxExplainer:
             targets,
             batch_size=self.batch_size,
             model_input_shape=inspect_model.sample_input_shape(self._explained),
+            input_structure=self._input_structure,
             output_shape=self._output_shape,
             rules=self._target_rules,
             multiple_of=self._strategy.num_replicas_in_sync if self._strategy else 1,
@@ -417,18 +432,23 @@ class BlackBoxExplainer:
         if kernel not in self._distributed:
             replicas = strategy.num_replicas_in_sync
 
-            def split(tensor):  # on the host, before each replica copies its part
-                parts = tf.split(tensor, replicas)
+            def split(tensors):  # on the host, before each replica copies its part
+                pieces = [tf.split(t, replicas) for t in tf.nest.flatten(tensors)]
+                parts = [tf.nest.pack_sequence_as(tensors, [p[i] for p in pieces])
+                         for i in range(replicas)]
                 return strategy.experimental_distribute_values_from_function(
-                    lambda context: tf.identity(parts[context.replica_id_in_sync_group]))
+                    lambda context: tf.nest.map_structure(
+                        tf.identity, parts[context.replica_id_in_sync_group]))
 
-            def part_spec(tensor):
-                batch = tensor.shape[0]
-                return tf.TensorSpec((None if batch is None else batch // replicas,
-                                      *tensor.shape[1:]), tensor.dtype)
+            def part_spec(tensors):
+                def one(tensor):
+                    batch = tensor.shape[0]
+                    return tf.TensorSpec((None if batch is None else batch // replicas,
+                                          *tensor.shape[1:]), tensor.dtype)
+                return tf.nest.map_structure(one, tensors)
 
             def distributed(inputs, targets, offset, seed):
-                per_replica = tf.shape(inputs, out_type=tf.int64)[0] // replicas
+                per_replica = batch_ops.batch_size(inputs) // replicas
                 # each replica's rows keep their index in the user's data, which keys noise
                 offsets = strategy.experimental_distribute_values_from_function(
                     lambda context: offset + context.replica_id_in_sync_group * per_replica)
@@ -483,17 +503,19 @@ class BlackBoxExplainer:
             raise
         progress.close()
 
-    def _run(self, kernel, inputs, targets, verbose="auto"):
-        """Feed every batch to ``kernel`` and concatenate its (nested) outputs once."""
+    def _run(self, kernel, inputs, targets, verbose="auto", maps=False):
+        """Feed every batch to ``kernel`` and concatenate its (nested) outputs once.
+        ``maps``: the outputs are maps, one per input, put in the structure the user gave
+        the inputs in (a multi-input model's)."""
         verbose = _check_verbose(verbose)
         batches = self._batches(inputs, targets)
         seed = self._agreed_seed(self._draw_seed())
         parts = [out for _, out in self._stream(kernel, batches, seed, verbose)]
         if not parts:
             raise validation.value_error("inputs", "at least one input", "an empty Dataset")
-        if len(parts) == 1:
-            return parts[0]
-        return tf.nest.map_structure(lambda *p: tf.concat(p, axis=0), *parts)
+        result = parts[0] if len(parts) == 1 else tf.nest.map_structure(
+            lambda *p: tf.concat(p, axis=0), *parts)
+        return batches.as_given(result) if maps else result
 
 
 class WhiteBoxExplainer(BlackBoxExplainer):
@@ -568,9 +590,13 @@ class WhiteBoxExplainer(BlackBoxExplainer):
             tape.watch(inputs)
             score = self._score(inputs, targets)
         gradients = tape.gradient(score, inputs)
-        if gradients is None:
+        leaves = tf.nest.flatten(gradients)
+        if all(g is None for g in leaves):
             raise self._not_differentiable()
-        return gradients
+        # an input of a multi-input model that the score does not depend on: zeros
+        return tf.nest.pack_sequence_as(inputs, [
+            tf.zeros_like(x) if g is None else g
+            for x, g in zip(tf.nest.flatten(inputs), leaves)])
 
     def _model_kind(self) -> str:
         numpy_level = getattr(self._explained, "numpy_level", False)

@@ -80,6 +80,7 @@ class FullGrad(WhiteBoxExplainer):
     """
 
     _needs_graph = True
+    _single_input = True
 
     def __init__(
         self,

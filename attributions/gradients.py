@@ -32,7 +32,7 @@ class Saliency(WhiteBoxExplainer):
     """
 
     def _batch(self, inputs, targets, seeds):
-        return tf.abs(self._gradients(inputs, targets))
+        return tf.nest.map_structure(tf.abs, self._gradients(inputs, targets))
 
 
 class _SampledGradients(WhiteBoxExplainer):
@@ -50,8 +50,10 @@ class _SampledGradients(WhiteBoxExplainer):
     _needs_m2 = False
     nb_samples: int
 
-    def _points(self, inputs: tf.Tensor, seeds: tf.Tensor, sample: tf.Tensor) -> tf.Tensor:
-        """The points ``(copies, B, ...)`` of samples ``sample`` (``(copies,)`` int64)."""
+    def _points(self, inputs: tf.Tensor, seeds: tf.Tensor, sample: tf.Tensor,
+                leaf: int = 0) -> tf.Tensor:
+        """The points ``(copies, B, ...)`` of samples ``sample`` (``(copies,)`` int64) for
+        one input (``leaf``: its index among a multi-input model's inputs)."""
         raise NotImplementedError
 
     def _per_sample(self, gradients: tf.Tensor) -> tf.Tensor:
@@ -62,45 +64,50 @@ class _SampledGradients(WhiteBoxExplainer):
 
     def _batch(self, inputs, targets, seeds):
         # The batch axis may be dynamic (the kernel is traced with reduce_retracing).
-        batch = tf.shape(inputs, out_type=tf.int64)[0]
-        sample_shape = inputs.shape[1:]
+        # Inputs may be a structure (a multi-input model): every leaf is sampled (each
+        # from its own noise stream), and summarised, alike.
+        batch = batch_ops.batch_size(inputs)
         copies = tf.clip_by_value(self.batch_size // batch, 1, self.nb_samples)  # per pass
         chunks = (self.nb_samples + copies - 1) // copies
         t = batch_ops.tile(targets, copies)  # (copies * B, ...), sample-major
-        weight_shape = [-1] + [1] * (len(sample_shape) + 1)
+        leaves = tf.nest.flatten(inputs)
 
         def chunk_stats(index):
             sample = index * copies + tf.range(copies, dtype=tf.int64)  # (copies,)
-            points = tf.reshape(self._points(inputs, seeds, sample), (-1, *sample_shape))
-            values = self._per_sample(self._gradients(points, t))
-            values = tf.reshape(values, (copies, batch, *sample_shape))
-            weight = tf.reshape(tf.cast(sample < self.nb_samples, tf.float32), weight_shape)
+            weight = tf.cast(sample < self.nb_samples, tf.float32)
+            points = [tf.reshape(self._points(x, seeds, sample, leaf), (-1, *x.shape[1:]))
+                      for leaf, x in enumerate(leaves)]
+            gradients = self._gradients(tf.nest.pack_sequence_as(inputs, points), t)
             n = tf.reduce_sum(weight)
-            mean = tf.ensure_shape(tf.reduce_sum(values * weight, 0) / n, inputs.shape)
-            m2 = None
-            if self._needs_m2:
-                m2 = tf.ensure_shape(
-                    tf.reduce_sum(weight * tf.square(values - mean), 0), inputs.shape
-                )
-            return n, mean, m2
+            means, m2s = [], []
+            for x, values in zip(leaves, tf.nest.flatten(gradients)):
+                values = tf.reshape(self._per_sample(values), (copies, batch, *x.shape[1:]))
+                w = tf.reshape(weight, [-1] + [1] * x.shape.rank)
+                mean = tf.ensure_shape(tf.reduce_sum(values * w, 0) / n, x.shape)
+                means.append(mean)
+                m2s.append(tf.ensure_shape(tf.reduce_sum(w * tf.square(values - mean), 0),
+                                           x.shape) if self._needs_m2 else tf.zeros_like(x))
+            return n, means, m2s
 
         # Chan et al.'s parallel update, starting from an empty summary; one loop, so the
         # model appears once in the graph.
         count = tf.constant(0.0)
-        mean = tf.zeros_like(inputs)
-        m2 = tf.zeros_like(inputs)
+        mean = [tf.zeros_like(x) for x in leaves]
+        m2 = [tf.zeros_like(x) for x in leaves]
         for index in tf.range(chunks, dtype=tf.int64):
             # one chunk in flight: while_loop's default (10 parallel iterations) would hold
             # up to 10 chunks' activations at once, breaking the batch_size memory bound
             tf.autograph.experimental.set_loop_options(parallel_iterations=1)
             n, chunk_mean, chunk_m2 = chunk_stats(index)
             total = count + n
-            delta = chunk_mean - mean
-            mean = mean + delta * (n / total)
+            delta = [c - m for c, m in zip(chunk_mean, mean)]
+            mean = [m + d * (n / total) for m, d in zip(mean, delta)]
             if self._needs_m2:
-                m2 = m2 + chunk_m2 + tf.square(delta) * (count * n / total)
+                m2 = [a + c + tf.square(d) * (count * n / total)
+                      for a, c, d in zip(m2, chunk_m2, delta)]
             count = total
-        return self._statistic(inputs, mean, m2)
+        return tf.nest.pack_sequence_as(inputs, [
+            self._statistic(x, a, b) for x, a, b in zip(leaves, mean, m2)])
 
 
 class _NoisyGradients(_SampledGradients):
@@ -142,9 +149,9 @@ class _NoisyGradients(_SampledGradients):
             strategy=strategy,
         )
 
-    def _points(self, inputs, seeds, sample):
+    def _points(self, inputs, seeds, sample, leaf=0):
         return tf.map_fn(  # one vectorised draw per sample of the chunk
-            lambda j: random.noisy(inputs, self.noise, seeds, j),
+            lambda j: random.noisy(inputs, self.noise, seeds, j, stream=leaf),
             sample,
             fn_output_signature=tf.TensorSpec((None, *inputs.shape[1:]), tf.float32),
         )
@@ -259,7 +266,7 @@ class GradientInput(WhiteBoxExplainer):
         )
 
     def _batch(self, inputs, targets, seeds):
-        return inputs * self._gradients(inputs, targets)
+        return tf.nest.map_structure(tf.multiply, inputs, self._gradients(inputs, targets))
 
 
 class IntegratedGradients(_SampledGradients):
@@ -324,7 +331,7 @@ class IntegratedGradients(_SampledGradients):
             strategy=strategy,
         )
 
-    def _points(self, inputs, seeds, sample):
+    def _points(self, inputs, seeds, sample, leaf=0):
         baseline = self._baseline_fn(inputs)
         alpha = (tf.cast(sample, tf.float32) + 0.5) / self.steps
         alpha = tf.reshape(alpha, [-1] + [1] * inputs.shape.rank)

@@ -33,9 +33,12 @@ class Occlusion(BlackBoxExplainer):
     ----------
     model, batch_size, operator, jit_compile, strategy
         As in :class:`~saliencekit.attributions.BlackBoxExplainer`.
-    patch_size : int or tuple of int, default 8
+    patch_size : int, tuple of int, or a list/dict of them, default 8
         Patch extent along each spatial axis (height, width for images; time steps for
-        ``(N, T, C)`` series; features for ``(N, D)`` tables).
+        ``(N, T, C)`` series; features for ``(N, D)`` tables). A patch larger than the
+        input is refused. A multi-input model's inputs are occluded one at a time, each
+        getting its own map: a list (or a dict by input name) gives one size per input
+        (``patch_stride`` likewise); an int or a tuple applies to every input.
     patch_stride : int, tuple of int or None, default None (= patch_size)
         Step between patches. The last patch along an axis is moved to the edge, so with
         ``patch_stride <= patch_size`` every position is covered; positions in the gaps
@@ -82,25 +85,45 @@ class Occlusion(BlackBoxExplainer):
                          strategy=strategy)
 
     def _check_batches(self, batches):
-        self._patches(batches.sample_shape)
+        for leaf, shape in enumerate(batches.sample_shapes):
+            self._patches(shape, leaf, batches.structured)
 
-    def _patches(self, sample_shape: tuple):
+    def _for_input(self, value, leaf: int, structured: bool):
+        """``patch_size``/``patch_stride`` for one input: a list (or a dict by input name)
+        gives one per input of a multi-input model; an int or a tuple applies to all."""
+        if isinstance(value, dict):
+            names = sorted(self._input_structure) if isinstance(
+                self._input_structure, dict) else None
+            return value[names[leaf]] if names and names[leaf] in value else None
+        if isinstance(value, list):
+            return value[leaf] if structured and leaf < len(value) else None
+        return value
+
+    def _patches(self, sample_shape: tuple, leaf: int = 0, structured: bool = False):
         """Spatial sizes, patch and stride per axis; a patch larger than the input along an
         axis would hide all of it at once (a constant map): refused."""
         spatial = tuple(sample_shape[:-1]) if len(sample_shape) >= 2 else tuple(sample_shape)
-        patch = validation.int_tuple("patch_size", self.patch_size, len(spatial))
-        stride = patch if self.patch_stride is None else validation.int_tuple(
-            "patch_stride", self.patch_stride, len(spatial))
-        if any(p > s for p, s in zip(patch, spatial)):
+        size = self._for_input(self.patch_size, leaf, structured)
+        if size is None:
             raise validation.value_error(
-                "patch_size", f"at most the inputs' size {spatial} along each axis (a patch "
-                "covering a whole axis hides everything at once: a constant map)",
-                self.patch_size)
+                "patch_size", "one patch size per model input (a list, or a dict by input "
+                "name) for a multi-input model, or one for all", repr(self.patch_size))
+        stride = self._for_input(self.patch_stride, leaf, structured)
+        patch = validation.int_tuple("patch_size", size, len(spatial))
+        stride = patch if stride is None else validation.int_tuple(
+            "patch_stride", stride, len(spatial))
+        if any(p > s for p, s in zip(patch, spatial)):
+            where = f" (input {leaf})" if structured else ""
+            raise validation.value_error(
+                "patch_size", f"at most the inputs' size {spatial}{where} along each axis (a "
+                "patch covering a whole axis hides everything at once: a constant map)",
+                self.patch_size, "A multi-input model takes a list of patch sizes, one per "
+                "input." if structured else None)
         return spatial, patch, stride
 
-    def _geometry(self, inputs):
+    def _geometry(self, inputs, leaf: int = 0, structured: bool = False):
         """Static patch layout: spatial sizes, starts ``(P, S)``, coverage counts."""
-        spatial, patch, stride = self._patches(tuple(inputs.shape[1:]))
+        spatial, patch, stride = self._patches(tuple(inputs.shape[1:]), leaf, structured)
         per_axis = [patch_starts(s, p, st) for s, p, st in zip(spatial, patch, stride)]
         starts = np.array(np.meshgrid(*per_axis, indexing="ij")).reshape(len(spatial), -1).T
         coverage = np.zeros(spatial, np.float32)
@@ -109,9 +132,21 @@ class Occlusion(BlackBoxExplainer):
         return spatial, patch, starts, coverage
 
     def _batch(self, inputs, targets, seeds):
+        # A multi-input model's inputs are occluded one at a time (the others unchanged):
+        # each gets its own map.
+        base = self._score(inputs, targets)  # (B,)
+        leaves = tf.nest.flatten(inputs)
+        structured = not tf.is_tensor(inputs)
+        return tf.nest.pack_sequence_as(inputs, [
+            self._occlusion_map(inputs, leaf, targets, base, structured)
+            for leaf in range(len(leaves))])
+
+    def _occlusion_map(self, structure, leaf: int, targets, base, structured: bool):
+        leaves = tf.nest.flatten(structure)
+        inputs = leaves[leaf]
         # The batch axis may be dynamic (the kernel is traced with reduce_retracing).
         batch = tf.shape(inputs)[0]
-        spatial, patch, starts, coverage = self._geometry(inputs)
+        spatial, patch, starts, coverage = self._geometry(inputs, leaf, structured)
         has_channels = inputs.shape.rank >= 3
         copies = tf.clip_by_value(self.batch_size // batch, 1, len(starts))  # patches per pass
         chunks = (len(starts) + copies - 1) // copies
@@ -121,8 +156,8 @@ class Occlusion(BlackBoxExplainer):
         )
         padded = tf.reshape(padded, (chunks, copies, len(spatial)))
 
-        base = self._score(inputs, targets)  # (B,)
         tiled_targets = batch_ops.tile(targets, copies)
+        others = [None if i == leaf else batch_ops.tile(x, copies) for i, x in enumerate(leaves)]
         total = tf.zeros_like(inputs[..., 0] if has_channels else inputs)  # (B, *spatial)
         for chunk in tf.range(chunks):
             tf.autograph.experimental.set_loop_options(parallel_iterations=1)  # memory bound
@@ -139,6 +174,8 @@ class Occlusion(BlackBoxExplainer):
             mask = masks[:, None, ..., None] if has_channels else masks[:, None]
             occluded = inputs[None] * (1.0 - mask) + self.occlusion_value * mask
             occluded = tf.reshape(occluded, (-1, *inputs.shape[1:]))
+            occluded = tf.nest.pack_sequence_as(
+                structure, [occluded if i == leaf else x for i, x in enumerate(others)])
             scores = tf.reshape(self._score(occluded, tiled_targets), (copies, batch))
             drops = base[None] - scores  # (copies, B)
             spread = tf.tensordot(drops, masks, axes=[[0], [0]])  # (B, *spatial)
@@ -147,6 +184,10 @@ class Occlusion(BlackBoxExplainer):
 
 
 def _check_patch(argument: str, value):
-    if isinstance(value, (tuple, list)):
+    if isinstance(value, list):  # one per input of a multi-input model
+        return [_check_patch(argument, v) for v in value]
+    if isinstance(value, dict):
+        return {k: _check_patch(argument, v) for k, v in value.items()}
+    if isinstance(value, tuple):
         return tuple(validation.positive_int(argument, v) for v in value)
     return validation.positive_int(argument, value)

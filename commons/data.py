@@ -51,6 +51,15 @@ class Batches:
     _source: Callable[[frozenset], Iterator]
     count: int | None = None
     batch_count: int | None = None
+    #: a multi-input model's inputs: ``sample_shape`` holds one shape per input (in
+    #: ``tf.nest`` order) and ``as_given`` puts maps in the structure the user gave
+    structured: bool = False
+    as_given: Callable[[Any], Any] = lambda maps: maps
+
+    @property
+    def sample_shapes(self) -> list[tuple]:
+        """One sample shape per input."""
+        return list(self.sample_shape) if self.structured else [self.sample_shape]
 
     def __iter__(self):
         return self._source(frozenset())
@@ -92,7 +101,8 @@ def _shape_text(shape) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
 
-def _check_sample_shape(sample_shape: tuple, model_shape: tuple | None, given: str) -> None:
+def _check_sample_shape(sample_shape: tuple, model_shape: tuple | None, given: str,
+                        argument: str = "inputs") -> None:
     if model_shape is None:
         return
     expected = f"inputs of shape (N, {', '.join(str(d) for d in model_shape)})"
@@ -100,7 +110,7 @@ def _check_sample_shape(sample_shape: tuple, model_shape: tuple | None, given: s
         m is not None and s is not None and m != s for s, m in zip(sample_shape, model_shape)
     ):
         raise validation.value_error(
-            "inputs", expected + " for this model", f"shape {given}"
+            argument, expected + " for this model", f"shape {given}"
         )
 
 
@@ -224,6 +234,35 @@ def _pad(tensor: tf.Tensor, size: int) -> tf.Tensor:
     return tf.ensure_shape(tf.pad(tensor, paddings), (size, *tensor.shape[1:]))
 
 
+def _structured(argument: str, given: Any, structure) -> tuple[list, Callable]:
+    """A multi-input model's inputs: ``(leaves in tf.nest order, put maps back in the
+    user's structure)``. ``given`` is a list/tuple in the model's input order or, for a
+    model with named inputs, a dict by those names."""
+    names = sorted(structure) if isinstance(structure, dict) else None
+    count = len(structure)
+    if isinstance(given, dict):
+        if names is None or set(given) != set(names):
+            expected = (f"a dict with the keys {names}" if names is not None else
+                        f"a list or tuple of {count} inputs (the model's inputs are not named)")
+            raise validation.value_error(argument, expected, f"a dict with keys {sorted(given)}")
+        return [given[name] for name in names], lambda maps: dict(maps)
+    if isinstance(given, (list, tuple)) and len(given) == count:
+        kind = type(given)
+        if names is None:
+            return list(given), lambda maps: kind(maps)
+        # a named model's inputs given in its declared order: tf.nest order is sorted
+        declared = list(structure)
+        by_name = dict(zip(declared, given))
+        return [by_name[name] for name in names], lambda maps: kind(
+            maps[name] for name in declared)
+    described = (f"a {type(given).__name__} of {len(given)}" if isinstance(given, (
+        list, tuple)) else validation._describe(given))
+    expected = f"one array per model input: a list or tuple of {count}"
+    if names is not None:
+        expected += f", or a dict with the keys {names}"
+    raise validation.type_error(argument, expected, described)
+
+
 def from_arrays(
     inputs: Any,
     targets: Any,
@@ -233,21 +272,45 @@ def from_arrays(
     output_shape: Callable[[tuple], tuple],
     rules: TargetRules | None,
     multiple_of: int = 1,
+    input_structure: Any = None,
 ) -> Batches:
-    tensor = _to_tensor("inputs", inputs)
-    if tensor.shape.rank < 2:
-        raise validation.value_error(
-            "inputs", "a batch of shape (N, ...) with N inputs", f"shape {tuple(tensor.shape)}",
-            "Add a batch axis, e.g. inputs[None].",
-        )
-    count = int(tensor.shape[0])
-    if count == 0:
-        raise validation.value_error("inputs", "at least one input", "an empty batch")
-    sample_shape = tuple(tensor.shape[1:])
-    _check_sample_shape(sample_shape, model_input_shape, _shape_text(tensor.shape))
-    tensor = tf.cast(tensor, tf.float32)
-    if not bool(tf.reduce_all(tf.math.is_finite(tensor))):
-        validation.finite_array("inputs", tensor.numpy())
+    if input_structure is None:
+        names, values, model_shapes = ["inputs"], [inputs], [model_input_shape]
+        as_given = None
+    else:
+        values, as_given = _structured("inputs", inputs, input_structure)
+        specs = tf.nest.flatten(input_structure)
+        keys = sorted(input_structure) if isinstance(input_structure, dict) else range(
+            len(specs))
+        names = [f"inputs[{key!r}]" for key in keys]
+        model_shapes = [tuple(spec.shape) for spec in specs]
+    tensors = []
+    for name, value, model_shape in zip(names, values, model_shapes):
+        tensor = _to_tensor(name, value)
+        if tensor.shape.rank < 2:
+            raise validation.value_error(
+                name, "a batch of shape (N, ...) with N inputs", f"shape {tuple(tensor.shape)}",
+                "Add a batch axis, e.g. inputs[None].",
+            )
+        if tensor.shape[0] == 0:
+            raise validation.value_error(name, "at least one input", "an empty batch")
+        if tensors and tensor.shape[0] != tensors[0].shape[0]:
+            raise validation.value_error(
+                name, f"as many rows as {names[0]} ({tensors[0].shape[0]})",
+                f"shape {tuple(tensor.shape)}")
+        _check_sample_shape(tuple(tensor.shape[1:]), model_shape, _shape_text(tensor.shape),
+                            name)
+        tensor = tf.cast(tensor, tf.float32)
+        if not bool(tf.reduce_all(tf.math.is_finite(tensor))):
+            validation.finite_array(name, tensor.numpy())
+        tensors.append(tensor)
+    count = int(tensors[0].shape[0])
+    shapes = [tuple(t.shape[1:]) for t in tensors]
+    sample_shape = shapes[0] if as_given is None else tuple(shapes)
+
+    def pack(flat):
+        return flat[0] if as_given is None else tf.nest.pack_sequence_as(input_structure, flat)
+
     out_shape = output_shape(sample_shape)
     if targets is None:
         check_none_targets(rules, out_shape)
@@ -260,36 +323,48 @@ def from_arrays(
 
     def source(skip):
         if count == size and not skip:  # one batch: no slicing, no padding
-            yield tensor, encoded, tf.constant(0, tf.int64), None
+            yield pack(tensors), encoded, tf.constant(0, tf.int64), None
             return
         for number, start in enumerate(range(0, count, size)):
             if number in skip:
                 continue
             stop = min(start + size, count)
-            x = tensor[start:stop]
+            x = [tensor[start:stop] for tensor in tensors]
             t = None if encoded is None else encoded[start:stop]
             valid = None
             if stop - start < size:
-                x = _pad(x, size)
+                x = [_pad(leaf, size) for leaf in x]
                 t = None if t is None else _pad(t, size)
                 valid = stop - start
-            yield x, t, tf.constant(start, tf.int64), valid
+            yield pack(x), t, tf.constant(start, tf.int64), valid
 
-    return Batches(sample_shape, size, encoded is not None, source, count, -(-count // size))
+    return Batches(sample_shape, size, encoded is not None, source, count, -(-count // size),
+                   structured=as_given is not None, as_given=as_given or (lambda maps: maps))
 
 
-def _split_element(spec):
-    """(x_spec, y_spec or None) of a dataset element spec, or raise."""
-    if isinstance(spec, tf.TensorSpec):
+def _split_element(spec, structured: bool = False):
+    """(x, y or None) of a dataset element (its spec, or its tensors), or raise. With a
+    multi-input model, ``x`` is a structure: elements are ``(x, y)``, ``(x,)`` or a dict
+    ``x`` (Keras' convention: a tuple is ``(x, y, sample_weight)``)."""
+
+    def leaf(part):
+        return isinstance(part, (tf.TensorSpec, tf.Tensor))
+
+    def inputs(part):
+        return leaf(part) if not structured else (isinstance(part, (list, tuple, dict)) and all(
+            leaf(p) for p in tf.nest.flatten(part)))
+
+    if not structured and leaf(spec):
         return spec, None
-    if isinstance(spec, tuple) and 1 <= len(spec) <= 3 and all(
-        isinstance(s, tf.TensorSpec) for s in spec
-    ):
+    if structured and isinstance(spec, dict) and inputs(spec):
+        return spec, None
+    if isinstance(spec, tuple) and 1 <= len(spec) <= 3 and inputs(spec[0]) and all(
+            leaf(s) for s in spec[1:]):
         return spec[0], (spec[1] if len(spec) > 1 else None)
-    raise validation.type_error(
-        "inputs", "a Dataset yielding x, (x,), (x, y) or (x, y, sample_weight) tensors",
-        f"a Dataset with element_spec {spec}",
-    )
+    expected = ("a Dataset yielding (x, y) or (x,) with x one tensor per model input (a "
+                "tuple, or a dict by input name)" if structured else
+                "a Dataset yielding x, (x,), (x, y) or (x, y, sample_weight) tensors")
+    raise validation.type_error("inputs", expected, f"a Dataset with element_spec {spec}")
 
 
 def from_dataset(
@@ -300,35 +375,48 @@ def from_dataset(
     model_input_shape: tuple | None,
     output_shape: Callable[[tuple], tuple],
     rules: TargetRules | None,
+    input_structure: Any = None,
 ) -> Batches:
-    x_spec, y_spec = _split_element(dataset.element_spec)
+    structured = input_structure is not None
+    x_spec, y_spec = _split_element(dataset.element_spec, structured)
     if targets is not None:
         raise validation.value_error(
             "targets",
             "None when inputs is a Dataset (put the targets in it: yield (x, y))",
             validation._describe(targets),
         )
-    _check_dtype("inputs", x_spec.dtype)
-    unbatched = model_input_shape is not None and x_spec.shape.rank == len(model_input_shape)
-    if x_spec.shape.rank is None or x_spec.shape.rank < 2 or unbatched:
-        raise validation.value_error(
-            "inputs", "a batched Dataset (elements of shape (batch, ...), as model.predict takes)",
-            "elements of shape "
-            + (_shape_text(x_spec.shape) if x_spec.shape.rank is not None else "(unknown rank)"),
-            "Call .batch(n) on it.",
-        )
-    sample_shape = tuple(x_spec.shape[1:])
-    if model_input_shape is not None and len(model_input_shape) == len(sample_shape):
-        sample_shape = tuple(
-            s if s is not None else m for s, m in zip(sample_shape, model_input_shape)
-        )
-    _check_sample_shape(
-        sample_shape, model_input_shape, "(batch, " + _shape_text(x_spec.shape[1:])[1:]
-    )
-    if any(d is None for d in sample_shape):
+    if structured:
+        x_specs, as_given = _structured("inputs", x_spec, input_structure)
+        model_shapes = [tuple(spec.shape) for spec in tf.nest.flatten(input_structure)]
+    else:
+        x_specs, as_given, model_shapes = [x_spec], None, [model_input_shape]
+    sample_shapes = []
+    for spec, model_shape in zip(x_specs, model_shapes):
+        _check_dtype("inputs", spec.dtype)
+        unbatched = model_shape is not None and spec.shape.rank == len(model_shape)
+        if spec.shape.rank is None or spec.shape.rank < 2 or unbatched:
+            raise validation.value_error(
+                "inputs", "a batched Dataset (elements of shape (batch, ...), as model.predict "
+                "takes)", "elements of shape " + (
+                    _shape_text(spec.shape) if spec.shape.rank is not None else "(unknown rank)"),
+                "Call .batch(n) on it.",
+            )
+        sample_shape = tuple(spec.shape[1:])
+        if model_shape is not None and len(model_shape) == len(sample_shape):
+            sample_shape = tuple(
+                s if s is not None else m for s, m in zip(sample_shape, model_shape))
+        _check_sample_shape(
+            sample_shape, model_shape, "(batch, " + _shape_text(spec.shape[1:])[1:])
+        sample_shapes.append(sample_shape)
+
+    def leaves(x):
+        return _structured("inputs", x, input_structure)[0] if structured else [x]
+
+    if any(d is None for shape in sample_shapes for d in shape):
         first = next(iter(dataset.take(1)))
-        first = first if isinstance(first, tf.Tensor) else first[0]
-        sample_shape = tuple(first.shape[1:])
+        first_x = _split_element(first, structured)[0]
+        sample_shapes = [tuple(leaf.shape[1:]) for leaf in leaves(first_x)]
+    sample_shape = tuple(sample_shapes) if structured else sample_shapes[0]
     out_shape = output_shape(sample_shape)
     if y_spec is None:
         check_none_targets(rules, out_shape)
@@ -341,20 +429,26 @@ def from_dataset(
         def encode(y):
             return to_output_rank(encoder(y), rules, out_shape)
 
-    def select(*element):
-        if len(element) == 1 and isinstance(element[0], tuple):
-            element = element[0]
-        x = element[0]
-        x = tf.ensure_shape(tf.cast(x, tf.float32), (None, *sample_shape))
-        x = tf.debugging.assert_all_finite(x, PIPELINE_CHECK + validation.message(
-            "inputs", "finite values", "NaN or Inf values in the Dataset"))
+    def pack(flat):
+        return tuple(flat) if structured else flat[0]
+
+    def select(*element):  # tf.data passes a tuple's parts as arguments
+        x, y = element[0], (element[1] if len(element) > 1 else None)
+        if len(element) == 1 and not structured and isinstance(x, tuple):
+            x = x[0]
+        checked = []
+        for leaf, shape in zip(leaves(x), sample_shapes):
+            leaf = tf.ensure_shape(tf.cast(leaf, tf.float32), (None, *shape))
+            checked.append(tf.debugging.assert_all_finite(
+                leaf, PIPELINE_CHECK + validation.message(
+                    "inputs", "finite values", "NaN or Inf values in the Dataset")))
         if encode is None:
-            return (x,)
-        return x, encode(element[1])
+            return (pack(checked),)
+        return pack(checked), encode(y)
 
     def pad(index, batch):
-        valid = tf.shape(batch[0])[0]
-        padded = tuple(_pad(b, batch_size) for b in batch)
+        valid = tf.shape(tf.nest.flatten(batch[0])[0])[0]
+        padded = tf.nest.map_structure(lambda b: _pad(b, batch_size), batch)
         return padded, index * batch_size, valid
 
     batched = dataset.map(select, num_parallel_calls=tf.data.AUTOTUNE).rebatch(batch_size)
@@ -371,10 +465,14 @@ def from_dataset(
         pipeline = pipeline.map(pad, num_parallel_calls=tf.data.AUTOTUNE).prefetch(PREFETCH)
         for padded, offset, valid in pipeline:
             t = padded[1] if len(padded) > 1 else None
+            x = padded[0]
+            if structured:
+                x = tf.nest.pack_sequence_as(input_structure, list(x))
             valid = int(valid)  # a host-side scalar of the pipeline: no device sync
-            yield padded[0], t, offset, (None if valid == batch_size else valid)
+            yield x, t, offset, (None if valid == batch_size else valid)
 
-    return Batches(sample_shape, batch_size, y_spec is not None, source)
+    return Batches(sample_shape, batch_size, y_spec is not None, source,
+                   structured=structured, as_given=as_given or (lambda maps: maps))
 
 
 def _dataset_target_encoder(y_spec, rules: TargetRules | None, output_shape: tuple):

@@ -37,12 +37,23 @@ class Graph:
     inputs: list
     outputs: list
     nodes: list[Node] = field(default_factory=list)
+    #: named inputs (a dict by name, as the model declares them), else None
+    named_inputs: dict | None = None
 
-    def model(self, extra: list | None = None, name: str | None = None) -> keras.Model:
+    @property
+    def model_inputs(self):
+        """The inputs as a model built on this graph takes them: one tensor, a list, or a
+        dict by name, like the original model."""
+        if self.named_inputs is not None:
+            return self.named_inputs
+        return self.inputs[0] if len(self.inputs) == 1 else list(self.inputs)
+
+    def model(self, extra: list | None = None, name: str | None = None, outputs=None
+              ) -> keras.Model:
         """A functional model returning the outputs (then ``extra`` tensors, if any)."""
-        inputs = self.inputs[0] if len(self.inputs) == 1 else self.inputs
-        outputs = list(self.outputs) + list(extra or [])
-        return keras.Model(inputs, outputs[0] if len(outputs) == 1 else outputs, name=name)
+        outputs = list(self.outputs if outputs is None else outputs) + list(extra or [])
+        return keras.Model(self.model_inputs, outputs[0] if len(outputs) == 1 else outputs,
+                           name=name)
 
 
 class CallableModel:
@@ -255,6 +266,27 @@ def sample_input_shape(model: Any) -> tuple | None:
     return tuple(inputs[0].shape[1:])
 
 
+def input_structure(model: Any) -> list | dict | None:
+    """A multi-input model's inputs as the model takes them: a list, or a dict by name,
+    of ``tf.TensorSpec`` (shape without the batch axis). ``None`` for a model with one
+    input (or an unknown number)."""
+    try:
+        declared = model.input if has_graph(model) else None
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    if not inputs or len(inputs) < 2:
+        return None
+
+    def spec(tensor):
+        return tf.TensorSpec(tuple(tensor.shape[1:]), keras.backend.standardize_dtype(
+            tensor.dtype), name=getattr(tensor, "name", None))
+
+    if isinstance(declared, dict):
+        return {key: spec(tensor) for key, tensor in declared.items()}
+    return [spec(tensor) for tensor in inputs]
+
+
 class _WithoutActivation:
     """A read-only view of a layer whose activation is the identity."""
 
@@ -386,9 +418,17 @@ def _flatten(model, split_activations, substitute, prefix: str) -> Graph:
             tensor = call_layer(layer, tensor)
         graph.outputs = [tensor]
     else:
+        declared = model.input
+        if isinstance(declared, dict):  # named inputs: the same names (model.inputs is in
+            # tf.nest order, sorted by name, not the declared order)
+            tensors = {name: keras.Input(batch_shape=(None, *t.shape[1:]), dtype=t.dtype,
+                                         name=name) for name, t in declared.items()}
+            graph.named_inputs = tensors
+        else:
+            tensors = graph.inputs[0] if len(graph.inputs) == 1 else graph.inputs
         clone = keras.models.clone_model(
             model,
-            input_tensors=graph.inputs[0] if len(graph.inputs) == 1 else graph.inputs,
+            input_tensors=tensors,
             clone_function=lambda layer: layer,
             call_function=call_layer,
         )
@@ -441,11 +481,17 @@ def differentiable(model: Any) -> Any:
         return model
     if not has_graph(model):
         return model  # a subclassed model casts in its own code; gradients tell
-    floats = [keras.Input(batch_shape=(None, *t.shape[1:]), dtype="float32") for t in inputs]
+    declared = model.input
+    if isinstance(declared, dict):
+        floats = {name: keras.Input(batch_shape=(None, *t.shape[1:]), dtype="float32",
+                                    name=name) for name, t in declared.items()}
+    else:
+        floats = [keras.Input(batch_shape=(None, *t.shape[1:]), dtype="float32")
+                  for t in inputs]
+        floats = floats[0] if len(floats) == 1 else floats
     try:
         outputs = keras.models.clone_model(
-            model, input_tensors=floats[0] if len(floats) == 1 else floats,
-            clone_function=lambda layer: layer,
+            model, input_tensors=floats, clone_function=lambda layer: layer,
         ).outputs
     except Exception as error:  # Keras raises many kinds for a layer refusing floats
         raise validation.type_error(
@@ -453,8 +499,7 @@ def differentiable(model: Any) -> Any:
             "its first layers turn into floats)", f"inputs of dtype {dtypes} that its layers "
             f"cannot take as floats ({type(error).__name__}: {error})",
             "Black-box methods (Occlusion) explain any model.") from None
-    return keras.Model(floats[0] if len(floats) == 1 else floats,
-                       outputs[0] if len(outputs) == 1 else outputs, name=model.name)
+    return keras.Model(floats, outputs[0] if len(outputs) == 1 else outputs, name=model.name)
 
 
 def _all_layers(model):
@@ -502,7 +547,7 @@ def reroute(model: Any, output_layer: str | int | None) -> Any:
     if output_layer == LOGITS and not any(n.layer.name == LOGITS for n in graph.nodes):
         return _before_final_activation(model)
     node = find_node(graph, model, output_layer, "output_layer")
-    return keras.Model(graph.inputs[0], node.output)
+    return graph.model(outputs=[node.output])
 
 
 def _last_layer(model):
@@ -523,11 +568,11 @@ def _before_final_activation(model) -> keras.Model:
     if final[2]:  # fused, as in Dense(..., activation="softmax"): its pre-activation
         graph = flatten(model, split_activations=lambda layer: layer is last)
         node = [n for n in graph.nodes if n.layer is last][-1]
-        return keras.Model(graph.inputs[0], node.pre_activation)
+        return graph.model(outputs=[node.pre_activation])
     # a separate Softmax/Activation layer: the same graph with it replaced by an identity
     graph = flatten(model, substitute=lambda layer: keras.layers.Identity(
         name=f"{layer.name}_skipped") if layer is last else None)
-    return keras.Model(graph.inputs[0], graph.outputs[0])
+    return graph.model(outputs=graph.outputs[:1])
 
 
 def final_activation(model: Any) -> tuple[str, str, bool] | None:
@@ -556,8 +601,13 @@ def output_shape(model: Any, sample_shape: tuple, single: bool = True) -> tuple 
         spec = tf.nest.map_structure(
             lambda t: keras.KerasTensor((None, *t.shape[1:])), spec)
     else:
-        spec = model.compute_output_spec(
-            keras.KerasTensor((None, *sample_shape), dtype="float32"))
+        structure = input_structure(model)
+        if structure is None:
+            inputs = keras.KerasTensor((None, *sample_shape), dtype="float32")
+        else:  # a multi-input model: one shape per input, in its structure's order
+            inputs = tf.nest.pack_sequence_as(structure, [
+                keras.KerasTensor((None, *shape), dtype="float32") for shape in sample_shape])
+        spec = model.compute_output_spec(inputs)
     if isinstance(spec, (list, tuple, dict)):
         if len(spec) == 1:
             (spec,) = spec.values() if isinstance(spec, dict) else spec

@@ -18,16 +18,19 @@ import tensorflow as tf
 _PHILOX = 1  # tf.random.Algorithm.PHILOX
 
 
-def gaussian(shape, seed: tf.Tensor, first_row: tf.Tensor, rows, sample: tf.Tensor):
+def gaussian(shape, seed: tf.Tensor, first_row: tf.Tensor, rows, sample: tf.Tensor,
+             stream: int = 0):
     """Standard normal noise ``(rows, *shape)`` for input rows ``first_row, ...,
-    first_row + rows - 1`` and sample ``sample`` of seed ``seed`` (int64 scalars)."""
+    first_row + rows - 1`` and sample ``sample`` of seed ``seed`` (int64 scalars).
+    ``stream`` (the high word of Philox's counter) gives each input of a multi-input model
+    numbers of its own; stream 0 is a single input's."""
     size = math.prod(shape)
     blocks = (size + 3) // 4  # Philox gives 4 numbers per counter step: rows stay aligned
     key = tf.bitwise.bitwise_or(
         tf.bitwise.left_shift(tf.cast(seed, tf.int64), 32),
         tf.bitwise.bitwise_and(tf.cast(sample, tf.int64), 0xFFFFFFFF),
     )
-    counter = tf.stack([tf.cast(first_row, tf.int64) * blocks, tf.constant(0, tf.int64)])
+    counter = tf.stack([tf.cast(first_row, tf.int64) * blocks, tf.constant(stream, tf.int64)])
     noise = tf.raw_ops.StatelessRandomNormalV2(
         shape=tf.stack([tf.cast(rows, tf.int32), 4 * blocks]),
         key=tf.bitcast(key, tf.uint64)[None],
@@ -38,7 +41,8 @@ def gaussian(shape, seed: tf.Tensor, first_row: tf.Tensor, rows, sample: tf.Tens
     return tf.reshape(noise[:, :size], (-1, *shape))
 
 
-def noisy(inputs: tf.Tensor, noise: float, seeds: tf.Tensor, sample: tf.Tensor) -> tf.Tensor:
+def noisy(inputs: tf.Tensor, noise: float, seeds: tf.Tensor, sample: tf.Tensor,
+          stream: int = 0) -> tf.Tensor:
     """``inputs`` plus Gaussian noise of standard deviation ``noise * (max(x) - min(x))``
     per input (SmoothGrad's noise level), for sample ``sample``. ``seeds`` is the kernel's
     ``(B, 2)`` per-row ``(index, seed)``; rows are taken to be consecutive."""
@@ -47,5 +51,5 @@ def noisy(inputs: tf.Tensor, noise: float, seeds: tf.Tensor, sample: tf.Tensor) 
         tf.reduce_max(inputs, axes, keepdims=True) - tf.reduce_min(inputs, axes, keepdims=True)
     )
     rows = tf.shape(inputs, out_type=tf.int64)[0]
-    draw = gaussian(inputs.shape[1:], seeds[0, 1], seeds[0, 0], rows, sample)
+    draw = gaussian(inputs.shape[1:], seeds[0, 1], seeds[0, 0], rows, sample, stream)
     return inputs + sigma * draw

@@ -125,6 +125,34 @@ def _complete_shards(path: Path) -> dict[int, Path]:
     return dict(sorted(shards.items()))
 
 
+def rows(maps: Any) -> tuple[np.ndarray, list | None]:
+    """A batch's maps as one float32 array, a row per input, and for the maps of a
+    multi-input model (a tuple, list or dict of arrays) how to split each row back:
+    ``[container, [[key, shape], ...]]``; ``None`` for a single array."""
+    if not isinstance(maps, (tuple, list, dict)):
+        return np.asarray(maps), None
+    if isinstance(maps, dict):
+        container, parts = "dict", list(maps.items())
+    else:
+        container, parts = type(maps).__name__, list(enumerate(maps))
+    arrays = [np.asarray(value) for _, value in parts]
+    flat = np.concatenate([a.reshape(len(a), -1) for a in arrays], axis=1)
+    return flat, [container, [[key, list(a.shape[1:])] for (key, _), a in zip(parts, arrays)]]
+
+
+def _split_rows(flat: np.ndarray, layout: list) -> Any:
+    container, parts = layout
+    out, start = [], 0
+    for key, shape in parts:
+        size = int(np.prod(shape))
+        out.append((key, flat[:, start:start + size].reshape(len(flat), *shape)))
+        start += size
+    if container == "dict":
+        return dict(out)
+    values = [value for _, value in out]
+    return values if container == "list" else tuple(values)
+
+
 class MapStore:
     """Maps written to disk by ``explain_to``; ``MapStore(path)`` opens a directory.
 
@@ -188,11 +216,14 @@ class MapStore:
 
     def load(self) -> np.ndarray:
         """Every map written, ``(len(self), *map_shape)`` float32, in input order (all the
-        inputs' maps when :attr:`complete`; those of :meth:`index` otherwise)."""
+        inputs' maps when :attr:`complete`; those of :meth:`index` otherwise). A
+        multi-input model's maps come back in the structure its inputs were given in (a
+        tuple, list or dict of arrays); on disk each row holds them one after another."""
         shards = [np.load(maps) for maps, _ in self.shards]
-        if not shards:
-            return np.zeros((0, *(self.map_shape or ())), np.float32)
-        return np.concatenate(shards)
+        flat = np.concatenate(shards) if shards else np.zeros(
+            (0, *(self.map_shape or ())), np.float32)
+        layout = self.manifest.get("layout")
+        return flat if layout is None else _split_rows(flat, layout)
 
     def index(self) -> np.ndarray:
         """The input index of each map of :meth:`load`, int64."""
@@ -207,6 +238,10 @@ class MapStore:
                 "store", "a complete store (every shard written)",
                 f"{len(self)} maps in {str(self.path)!r} of an unfinished run",
                 "Run explain_to again with the same arguments to finish it.")
+        if self.manifest.get("layout") is not None:
+            raise validation.value_error(
+                "store", "the maps of a single-input model", "the maps of a multi-input model",
+                "load() gives them as they were explained, one array per input.")
         out = np.lib.format.open_memmap(
             file, mode="w+", dtype=np.float32, shape=(len(self), *self.map_shape))
         start = 0
@@ -331,8 +366,12 @@ class ShardWriter:
         if self.write:
             _write_json(self.path / MANIFEST, self.manifest)
 
-    def add(self, first_row: int, maps: np.ndarray) -> None:
-        """Maps of inputs ``first_row, first_row + 1, ...``, in input order."""
+    def add(self, first_row: int, maps: tuple[np.ndarray, list | None]) -> None:
+        """Maps of inputs ``first_row, first_row + 1, ...``, in input order, as
+        :func:`rows` gives them."""
+        maps, layout = maps
+        if layout is not None and self.manifest.get("layout") is None:
+            self.manifest["layout"] = layout
         shard, start = divmod(first_row, self.shard_size)
         if self._buffer is None:
             shape = self.manifest.get("map_shape")

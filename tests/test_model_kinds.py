@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import CAMS, EXPLAINERS, GRAPH_ONLY, explainer_factories
-from saliencekit.attributions import FullGrad, GradCAM, Occlusion, Saliency, SmoothGrad
+from saliencekit.attributions import FullGrad, GradCAM, Occlusion, Saliency, Smoothed, SmoothGrad
 
 tf_keras = pytest.importorskip("tf_keras")  # in the test extra: must be there in CI
 
@@ -290,3 +290,83 @@ def test_smoothgrad_on_a_callable_repeats_with_a_seed():
 
 
 assert CAMS <= GRAPH_ONLY
+
+
+# -- README's "Models" table: every cell, run -----------------------------------------------
+def _keras3(kind):
+    from helpers import MODEL_FACTORIES
+    return MODEL_FACTORIES[kind]()
+
+
+def _h5(tmp_path):
+    path = str(tmp_path / "keras2.h5")
+    tf_keras_functional().save(path)
+    return keras.models.load_model(path, compile=False)
+
+
+def _saved_model(tmp_path):
+    tf.saved_model.save(tf_keras_sequential(), str(tmp_path / "sm"))
+    return tf.saved_model.load(str(tmp_path / "sm"))
+
+
+def _multi_input():
+    from test_multi_input import image_and_meta
+    return image_and_meta()
+
+
+TABLE_MODELS = {
+    "keras3 functional": lambda tmp: _keras3("functional"),
+    "keras3 sequential": lambda tmp: _keras3("sequential"),
+    "keras3 subclassed": lambda tmp: _keras3("subclassed"),
+    "keras3 nested": lambda tmp: _keras3("nested"),
+    "keras2 h5": _h5,
+    "tf_keras functional": lambda tmp: tf_keras_functional(),
+    "tf_keras sequential": lambda tmp: tf_keras_sequential(),
+    "saved model": _saved_model,
+    "function": lambda tmp: (lambda x, m=tf_keras_sequential(): m(x)),
+    "numpy predictor": lambda tmp: (lambda x: np.asarray(x).reshape(len(x), -1)[:, :3]),
+    "multi-input": lambda tmp: _multi_input(),
+    "multi-output": lambda tmp: two_heads(),
+}
+TABLE_KINDS = {  # one representative per explainer kind
+    "gradient": lambda m, **k: SmoothGrad(m, nb_samples=2, seed=0, **k),
+    "graph": lambda m, **k: GradCAM(m, **k),
+    "black box": lambda m, **k: Occlusion(m, patch_size=4, **k),
+    "meta": lambda m, **k: Smoothed(Saliency(m, **k), nb_samples=2, seed=0),
+}
+REFUSED = {  # (model, kind) -> the error that names the way out
+    ("keras3 subclassed", "graph"): "functional or Sequential",
+    ("saved model", "graph"): "this method needs the model's layers",
+    ("function", "graph"): "this method needs the model's layers",
+    ("numpy predictor", "graph"): "this method needs the model's layers",
+    ("numpy predictor", "gradient"): "numpy-level callable",
+    ("numpy predictor", "meta"): "numpy-level callable",
+}
+
+
+def _table_inputs(name):
+    if name.startswith("keras3"):
+        from helpers import IMAGE_SHAPE
+        return np.random.default_rng(0).random((3, *IMAGE_SHAPE)).astype("float32")
+    if name == "multi-input":
+        from test_multi_input import IMAGES, META
+        return IMAGES[:3], META[:3]
+    return X
+
+
+@pytest.mark.parametrize("kind", sorted(TABLE_KINDS))
+@pytest.mark.parametrize("name", sorted(TABLE_MODELS))
+def test_models_table(tmp_path, name, kind):
+    model = TABLE_MODELS[name](tmp_path)
+    inputs = _table_inputs(name)
+    options = {}
+    if name == "multi-output":  # a head by name; graph methods reroute to it
+        options = {"operator": lambda m, x, t: m(x)[1][:, 1]}
+    if (name, kind) in REFUSED:
+        with pytest.raises(TypeError, match=REFUSED[name, kind]):
+            TABLE_KINDS[kind](model, **options)(inputs, [0, 1, 2])
+        return
+    maps = TABLE_KINDS[kind](model, **options)(inputs, None if options else [0, 1, 2])
+    for leaf in tf.nest.flatten(maps):
+        assert leaf.shape[0] == 3 and np.isfinite(leaf.numpy()).all()
+        assert np.abs(leaf.numpy()).sum() > 0
