@@ -309,6 +309,11 @@ def _saved_model(tmp_path):
     return tf.saved_model.load(str(tmp_path / "sm"))
 
 
+def _function():
+    model = tf_keras_sequential()
+    return lambda x: model(x)
+
+
 def _multi_input():
     from test_multi_input import image_and_meta
     return image_and_meta()
@@ -323,7 +328,7 @@ TABLE_MODELS = {
     "tf_keras functional": lambda tmp: tf_keras_functional(),
     "tf_keras sequential": lambda tmp: tf_keras_sequential(),
     "saved model": _saved_model,
-    "function": lambda tmp: (lambda x, m=tf_keras_sequential(): m(x)),
+    "function": lambda tmp: _function(),
     "numpy predictor": lambda tmp: (lambda x: np.asarray(x).reshape(len(x), -1)[:, :3]),
     "multi-input": lambda tmp: _multi_input(),
     "multi-output": lambda tmp: two_heads(),
