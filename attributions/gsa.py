@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..commons import sampling, validation
-from .sampled import SampledExplainer, batch_size_for, check_images, gathered_scores, score_array
+from .sampled import SampledExplainer, batch_size_for, check_images, store_scores
 
 PERTURBATIONS = ("inpainting", "blurring", "amplitude")
 SOBOL_ESTIMATORS = ("jansen", "homma", "janon", "glen", "saltelli")
@@ -75,25 +75,25 @@ class _GridSensitivity(SampledExplainer):
             fn_output_signature=tf.TensorSpec((None, *inputs.shape[1:]), tf.float32))
         return tf.experimental.numpy.swapaxes(per_input, 0, 1)
 
-    def _points(self, dimension: int, first, count, seeds) -> tf.Tensor:
-        """Rows ``first..first+count-1`` of the design in [0, 1)^dimension, per input:
-        ``(count, B, dimension)``."""
-        rows = sampling.sobol_rows(dimension, first, count)
+    def _points(self, dimension: int, index, seeds) -> tf.Tensor:
+        """Rows ``index`` (``(n,)``) of the design in [0, 1)^dimension, per input:
+        ``(n, B, dimension)``."""
         if self.sampler is None:
-            return sampling.digital_shift(rows, seeds[0, 1], seeds[:, 0])
-        return tf.broadcast_to(rows[:, None], tf.stack([count, tf.shape(seeds)[0], dimension]))
+            return sampling.sobol_points(dimension, index, seeds[0, 1], seeds[:, 0])
+        points = sampling.sobol_points(dimension, index)
+        return tf.broadcast_to(points, tf.stack([tf.shape(index)[0], tf.shape(seeds)[0],
+                                                 dimension]))
 
     def _upsample(self, inputs, cells):
         """``(B, d)`` cell values -> ``(B, H, W)`` maps, bicubic as xplique's cv2 resize."""
         grid = self._grid(inputs)
-        small = tf.reshape(cells, (-1, *grid, 1))
-        return tf.image.resize(small, inputs.shape[1:3], method="bicubic")[..., 0]
+        return sampling.resize_cubic(tf.reshape(cells, (-1, *grid)), tuple(inputs.shape[1:3]))
 
     def _initial(self, inputs, context):
-        return score_array(inputs, self._evaluations(inputs), self.batch_size)
+        return tf.zeros(tf.stack([self._evaluations(inputs), tf.shape(inputs)[0]]))
 
     def _update(self, state, index, sample, valid, aux, scores, context):
-        return state.write(tf.cast(index, tf.int32), scores)
+        return store_scores(state, sample, valid, scores)
 
 
 class SobolAttributionMethod(_GridSensitivity):
@@ -135,8 +135,8 @@ class SobolAttributionMethod(_GridSensitivity):
     seed : int or None, default None
         The digital shift's seed (``sampler=None``); ``None`` draws a fresh one per call.
 
-    Maps are ``(N, H, W, 1)``: the ``(g, g)`` indices resized bicubically (TensorFlow's
-    Keys kernel ``a = -0.5``; xplique's OpenCV uses ``a = -0.75``). Images only.
+    Maps are ``(N, H, W, 1)``: the ``(g, g)`` indices resized bicubically as xplique's
+    ``cv2.resize(..., INTER_CUBIC)`` (Keys' kernel, ``a = -0.75``). Images only.
 
     Examples
     --------
@@ -198,7 +198,7 @@ class SobolAttributionMethod(_GridSensitivity):
                     f"shape {design.shape}")
             context["table"] = tf.constant(design)
         else:
-            points = self._points(2 * d, 0, self.nb_design, seeds)  # (N, B, 2d)
+            points = self._points(2 * d, tf.range(self.nb_design), seeds)  # (N, B, 2d)
             context["a"], context["b"] = points[..., :d], points[..., d:]
         return context
 
@@ -228,7 +228,7 @@ class SobolAttributionMethod(_GridSensitivity):
 
     def _finish(self, inputs, seeds, state, context):
         d, n = self._dimension(inputs), self.nb_design
-        scores = gathered_scores(state, self._evaluations(inputs))  # (B, total)
+        scores = tf.transpose(state)  # (B, total)
         if not isinstance(self.estimator, str):
             indices = self._user_estimator(inputs, scores, context, d)
         else:
@@ -386,24 +386,23 @@ class HsicAttributionMethod(_GridSensitivity):
             context["table"] = tf.constant(design)
         return context
 
-    def _masks(self, first, count, seeds, context, d):
-        """Binary cell values ``(count, B, d)`` of designs ``first..first+count-1``."""
+    def _masks(self, index, seeds, context, d):
+        """Binary cell values ``(n, B, d)`` of designs ``index`` (``(n,)``)."""
         if "table" in context:
-            rows = tf.gather(context["table"], tf.minimum(
-                first + tf.range(count, dtype=tf.int64), self.nb_design - 1))
-            return tf.broadcast_to(rows[:, None], tf.stack([count, tf.shape(seeds)[0], d]))
-        return tf.cast(self._points(d, first, count, seeds) > 0.5, tf.float32)
+            rows = tf.gather(context["table"], index)
+            return tf.broadcast_to(rows[:, None], tf.stack([tf.shape(index)[0],
+                                                            tf.shape(seeds)[0], d]))
+        # xplique's np.round: a cell is kept where the coordinate is above 0.5
+        return tf.cast(self._points(d, index, seeds) > 0.5, tf.float32)
 
     def _perturb(self, inputs, seeds, sample, context):
-        values = self._masks(sample[0], tf.shape(sample)[0], seeds, context,
-                             self._dimension(inputs))
+        values = self._masks(sample, seeds, context, self._dimension(inputs))
         return self._apply(inputs, values, context), None
 
     def _finish(self, inputs, seeds, state, context):
         d, n = self._dimension(inputs), self.nb_design
-        scores = gathered_scores(state, n)  # (B, n)
-        masks = tf.transpose(self._masks(tf.constant(0, tf.int64), n, seeds, context, d),
-                             [1, 0, 2])  # (B, n, d)
+        scores = tf.transpose(state)  # (B, n)
+        masks = tf.transpose(self._masks(tf.range(n), seeds, context, d), [1, 0, 2])  # (B, n, d)
         if isinstance(self.estimator, str):
             block = self.estimator_batch_size or d
             indices = tf.map_fn(

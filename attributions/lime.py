@@ -45,13 +45,14 @@ class Lime(SampledExplainer):
         ``prob``, drawn from ``(seed, input index, sample index)``.
     map_to_interpret_space : callable, array or None
         The interpretable features: integer ids ``0..M-1`` for each position, of shape
-        ``(H, W)`` for images, ``(T, C)`` for series, ``(D,)`` for tables. A callable takes
+        ``(H, W)`` for images, ``(T,)`` for series, ``(D,)`` for tables (the channels of a
+        position share its feature). A callable takes
         one input and returns its ids with TensorFlow ops (called inside the kernel; wrap a
         numpy segmentation in ``tf.numpy_function``); an array gives one mapping for every
         input, or ``(N, ...)`` one per input, picked by the input's index. ``None``: a grid
         of ``grid_size`` cells for images (xplique uses scikit-image's quickshift
-        superpixels, which saliencekit does not depend on), every element for series and
-        tables (as xplique).
+        superpixels, which saliencekit does not depend on), every time step for series
+        (xplique: every (step, channel) element) and every feature for tables.
     ref_value : float, array or None
         What a feature is set to when its interpretable feature is off: a number or one
         value per channel. ``None``: 0.5 for 3-channel images (a grey pixel), else 0.
@@ -67,7 +68,7 @@ class Lime(SampledExplainer):
         Makes runs repeat; ``None`` draws fresh samples at every call.
 
     Maps are the coefficients, each spread over its feature's positions: ``(N, H, W, 1)``
-    for images, ``(N, T, C)`` for series and ``(N, D)`` for tables.
+    for images, ``(N, T, 1)`` for series and ``(N, D)`` for tables.
 
     Examples
     --------
@@ -141,9 +142,9 @@ class Lime(SampledExplainer):
     @staticmethod
     def _space_shape(inputs) -> tuple[int, ...]:
         rank = inputs.shape.rank
-        if rank == 4:
-            return tuple(inputs.shape[1:3])
-        if rank in (2, 3):
+        if rank in (3, 4):  # channels share their position's feature
+            return tuple(inputs.shape[1:-1])
+        if rank == 2:
             return tuple(inputs.shape[1:])
         raise validation.value_error(
             "inputs", "tables (N, D), series (N, T, C) or images (N, H, W, C)",
@@ -184,7 +185,7 @@ class Lime(SampledExplainer):
         ref = self._ref
         if ref is None:
             ref = 0.5 if inputs.shape.rank == 4 and inputs.shape[-1] == 3 else 0.0
-        if inputs.shape.rank == 4:  # a number or one value per channel
+        if inputs.shape.rank >= 3:  # a number or one value per channel
             ref = tf.broadcast_to(tf.cast(ref, tf.float32), inputs.shape[-1:])
         context = {"inputs": inputs, "ids": tf.reshape(ids, (tf.shape(ids)[0], -1)),
                    "features": features, "present": tf.cast(present, tf.float32),
@@ -212,7 +213,7 @@ class Lime(SampledExplainer):
         masks = tf.transpose(masks, [1, 0, 2])  # (copies, B, positions)
         space = self._space_shape(inputs)
         masks = tf.reshape(masks, tf.concat([tf.shape(z)[:2], space], 0))
-        if inputs.shape.rank == 4:
+        if inputs.shape.rank >= 3:
             masks = masks[..., None]
         perturbed = inputs[None] * masks + (1.0 - masks) * context["ref"]
         return perturbed, (z, perturbed)

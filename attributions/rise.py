@@ -27,8 +27,9 @@ class Rise(SampledExplainer):
         Masks per input.
     grid_size : int or tuple, default 7
         Cells of the low-resolution masks: ``(g, g)`` (or the tuple) for images; ``g``
-        steps along time (each channel masked on its own) for series ``(N, T, C)``;
-        ignored for tables ``(N, D)``, whose features are masked one by one.
+        steps along time for series ``(N, T, C)`` (xplique masks each channel on its own);
+        ignored for tables ``(N, D)``, whose features are masked one by one. A position's
+        channels share its mask.
     preservation_probability : float, default 0.5
         Probability that a cell is kept (the masks' mean).
     mask_value : float, default 0.0
@@ -41,7 +42,7 @@ class Rise(SampledExplainer):
     ``preservation_probability``, upsampled bilinearly to ``size * (1 + 1 / grid)`` and
     cropped at a random offset, drawn per mask (as in the paper; xplique crops every mask
     of a batch at one offset). Masks are drawn inside the compiled kernel from ``(seed,
-    input index, mask index)``. Maps are ``(N, H, W, 1)`` for images, ``(N, T, C)`` for
+    input index, mask index)``. Maps are ``(N, H, W, 1)`` for images, ``(N, T, 1)`` for
     series and ``(N, D)`` for tables.
 
     Examples
@@ -94,11 +95,7 @@ class Rise(SampledExplainer):
             return (inputs.shape[1],)
         if rank == 3:
             grid = self.grid_size if isinstance(self.grid_size, int) else self.grid_size[0]
-            if isinstance(self.grid_size, tuple) and self.grid_size[1:] != (inputs.shape[2],):
-                raise validation.value_error(
-                    "grid_size", f"an integer or (steps, {inputs.shape[2]}) for series of "
-                    f"{inputs.shape[2]} channels", self.grid_size)
-            return (min(grid, inputs.shape[1]), inputs.shape[2])
+            return (min(grid, inputs.shape[1]),)
         if rank == 4:
             grid = validation.int_tuple("grid_size", self.grid_size, 2)
             return tuple(min(g, s) for g, s in zip(grid, inputs.shape[1:3]))
@@ -107,7 +104,7 @@ class Rise(SampledExplainer):
             f"shape {tuple(inputs.shape)}")
 
     def _initial(self, inputs, context):
-        shape = tf.shape(inputs)[:-1] if inputs.shape.rank == 4 else tf.shape(inputs)
+        shape = tf.shape(inputs)[:-1] if inputs.shape.rank >= 3 else tf.shape(inputs)
         return tf.zeros(shape), tf.zeros(shape)
 
     def _perturb(self, inputs, seeds, sample, context):
@@ -128,7 +125,7 @@ class Rise(SampledExplainer):
             flat = tf.reshape(cells, (-1, *cells_shape))
             masks = sampling.shifted_bilinear(flat, offsets, size)
             masks = tf.reshape(masks, tf.concat([copies_rows, masks.shape[1:]], 0))
-        expanded = masks[..., None] if rank == 4 else masks
+        expanded = masks[..., None] if rank >= 3 else masks
         perturbed = inputs[None] * expanded + (1.0 - expanded) * self.mask_value
         return perturbed, masks
 

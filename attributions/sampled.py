@@ -89,7 +89,11 @@ class SampledExplainer(BlackBoxExplainer):
             perturbed, aux = self._perturb(inputs, seeds, tf.minimum(sample, total - 1), context)
             flat = tf.reshape(perturbed, (-1, *sample_shape))
             scores = tf.reshape(self._score(flat, tiled), tf.stack([copies, batch]))
-            return index + 1, self._update(state, index, sample, valid, aux, scores, context)
+            updated = self._update(state, index, sample, valid, aux, scores, context)
+            # the state keeps the shapes it entered with (a static batch size stays static)
+            return index + 1, tf.nest.map_structure(
+                lambda new, old: tf.ensure_shape(new, old.shape)
+                if isinstance(new, tf.Tensor) else new, updated, state)
 
         state = self._initial(inputs, context)
         _, state = tf.while_loop(
@@ -100,22 +104,14 @@ class SampledExplainer(BlackBoxExplainer):
         return self._finish(inputs, seeds, state, context)
 
 
-def score_array(inputs: tf.Tensor, total: int, batch_size: int) -> tf.TensorArray:
-    """A TensorArray for every chunk's ``(copies, B)`` scores (4 bytes per forward pass)."""
-    del inputs, total, batch_size
-    return tf.TensorArray(tf.float32, size=0, dynamic_size=True, element_shape=(None, None))
-
-
-def gathered_scores(array: tf.TensorArray, total: int) -> tf.Tensor:
-    """``(B, total)``: every sample's score, in sample order (the last chunk's padding cut)."""
-    stacked = array.stack()  # (chunks, copies, B)
-    flat = tf.reshape(stacked, tf.stack([-1, tf.shape(stacked)[-1]]))
-    return tf.transpose(tf.gather(flat, tf.range(total)))
-
-
-def tiled_per_input(values: tf.Tensor, copies) -> tf.Tensor:
-    """``(B, ...) -> (copies, B, ...)`` without copying more than the broadcast."""
-    return tf.broadcast_to(values[None], tf.concat([[copies], tf.shape(values)], 0))
+def store_scores(scores: tf.Tensor, sample: tf.Tensor, valid: tf.Tensor, chunk: tf.Tensor
+                 ) -> tf.Tensor:
+    """Write a chunk's ``(copies, B)`` scores at rows ``sample`` of the ``(total, B)``
+    ``scores`` (4 bytes per forward pass; padding samples add nothing). A scatter into a
+    fixed-size tensor: XLA compiles it, where a growing TensorArray it does not."""
+    total = tf.shape(scores, out_type=tf.int64)[0]
+    index = tf.minimum(sample, total - 1)[:, None]
+    return tf.tensor_scatter_nd_add(scores, index, chunk * tf.cast(valid, chunk.dtype)[:, None])
 
 
 def check_images(name: str, inputs: tf.Tensor) -> None:

@@ -13,8 +13,8 @@ What the methods share:
   low-resolution grid used by Sobol, HSIC and Lime's default interpretable space.
 - :func:`shifted_bilinear`: RISE's smooth masks, a low-resolution grid upsampled
   bilinearly to ``size * (1 + 1 / grid)`` and cropped at a random offset per mask.
-- :func:`sobol_rows`: rows of the Sobol' sequence, digitally shifted per input
-  (randomised quasi-Monte Carlo) or not.
+- :func:`sobol_points`: any rows of TensorFlow's Sobol' sequence, digitally shifted per
+  input (randomised quasi-Monte Carlo) or not, from integer ops (XLA compiles them).
 """
 
 from __future__ import annotations
@@ -116,22 +116,78 @@ def shifted_bilinear(cells: tf.Tensor, offsets: list[tf.Tensor], size: tuple[int
     return tf.einsum("nyg,ngk,nxk->nyx", weights[0], cells, weights[1])
 
 
-def sobol_rows(dimension: int, first, count) -> tf.Tensor:
-    """Rows ``first, ..., first + count - 1`` of TensorFlow's Sobol' sequence (which starts
-    after the origin) in ``dimension`` dimensions, ``(count, dimension)`` float32."""
-    return tf.math.sobol_sample(dimension, tf.cast(count, tf.int32),
-                                skip=tf.cast(first, tf.int32), dtype=tf.float32)
+_DIRECTIONS: dict[int, np.ndarray] = {}
 
 
-def digital_shift(points: tf.Tensor, seed, rows, stream: int = 7) -> tf.Tensor:
-    """Randomised QMC: ``points`` ``(n, d)`` in [0, 1) XOR-ed, bit by bit, with one uniform
-    24-bit shift per input row (``rows`` ``(B,)``) and dimension, giving ``(n, B, d)``. A
-    random digital shift keeps a (t, m, s)-net a net and makes each point uniform on the
-    cube, so estimates are unbiased and still low-discrepancy."""
-    dimension = points.shape[-1]
+def _directions(dimension: int) -> np.ndarray:
+    """``(24, dimension)`` direction numbers of TensorFlow's Sobol' sequence, as 24-bit
+    integers: ``v_k`` is the point of index ``2**(k+1) - 1`` (whose Gray code is ``2**k``),
+    read once from ``tf.math.sobol_sample`` (exact: ``v_k`` has ``k + 1`` bits)."""
+    if dimension not in _DIRECTIONS:
+        with tf.init_scope():  # eager, even while a kernel is traced
+            rows = [tf.math.sobol_sample(dimension, 1, skip=2 ** (k + 1) - 2).numpy()[0]
+                    for k in range(_BITS)]
+        _DIRECTIONS[dimension] = (np.stack(rows).astype(np.float64) * 2**_BITS).astype(
+            np.uint32)
+    return _DIRECTIONS[dimension]
+
+
+def sobol_bits(dimension: int, index: tf.Tensor) -> tf.Tensor:
+    """Rows ``index`` (``(n,)``, 0-based) of TensorFlow's Sobol' sequence (which starts
+    after the origin: row ``r`` is point ``r + 1``), as 24-bit integers ``(n, dimension)``
+    uint32: the XOR of the direction numbers picked by the Gray code of ``r + 1``. Integer
+    ops only, so XLA compiles it (``tf.math.sobol_sample`` has no XLA kernel), and any
+    rows can be drawn, not only a consecutive run."""
+    directions = tf.constant(_directions(dimension))
+    point = tf.cast(tf.cast(index, tf.int64) + 1, tf.uint32)
+    gray = tf.bitwise.bitwise_xor(point, tf.bitwise.right_shift(point, tf.constant(1, tf.uint32)))
+    total = tf.zeros(tf.stack([tf.shape(index)[0], dimension]), tf.uint32)
+    for k in range(_BITS):
+        bit = tf.bitwise.bitwise_and(tf.bitwise.right_shift(gray, tf.constant(k, tf.uint32)),
+                                     tf.constant(1, tf.uint32))
+        total = tf.bitwise.bitwise_xor(total, directions[k][None] * bit[:, None])
+    return total
+
+
+def sobol_points(dimension: int, index: tf.Tensor, seed=None, rows=None,
+                 stream: int = 7) -> tf.Tensor:
+    """Sobol' points ``(n, B, dimension)`` in [0, 1) of rows ``index`` for input ``rows``.
+
+    With a ``seed``, a random digital shift per input row and dimension (randomised QMC):
+    each point is XOR-ed, bit by bit, with uniform 24 bits drawn from ``(seed, stream,
+    row)``, which keeps a (t, m, s)-net a net and makes each point uniform on the cube, so
+    estimates are unbiased and still low-discrepancy; the point is then the centre of its
+    ``2**-24`` cell. Without (``seed=None``), the plain sequence, equal to
+    ``tf.math.sobol_sample``'s, the same for every row (``B`` is then 1)."""
+    bits = sobol_bits(dimension, index)[:, None]  # (n, 1, d)
+    if seed is None:
+        return tf.cast(bits, tf.float32) * (2.0 ** -_BITS)
     shift = random_bits(seed, rows, tf.zeros([1], tf.int64), [dimension], stream)[0]  # (B, d)
     shift = tf.bitwise.right_shift(shift, tf.constant(32 - _BITS, tf.uint32))
-    scaled = tf.cast(tf.floor(points * 2.0**_BITS), tf.uint32)
-    shifted = tf.bitwise.bitwise_xor(scaled[:, None], shift[None])
-    # the centre of the 2**-24-wide cell: no point sits exactly on 0 or on 0.5
+    shifted = tf.bitwise.bitwise_xor(bits, shift[None])
     return (tf.cast(shifted, tf.float32) + 0.5) * (2.0 ** -_BITS)
+
+
+def cubic_weights(size: int, grid: int, a: float = -0.75) -> np.ndarray:
+    """``(size, grid)`` weights of OpenCV's ``INTER_CUBIC`` resize along one axis (Keys'
+    kernel with ``a = -0.75``, half-pixel centres, replicated borders), as xplique resizes
+    its Sobol and HSIC indices with ``cv2.resize``."""
+    source = (np.arange(size) + 0.5) * grid / size - 0.5
+    floor = np.floor(source)
+    t = source - floor
+    weights = np.zeros((size, grid))
+    for offset in (-1, 0, 1, 2):
+        x = np.abs(t - offset)
+        kernel = np.where(x <= 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                          np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.0))
+        column = np.clip(floor + offset, 0, grid - 1).astype(int)
+        np.add.at(weights, (np.arange(size), column), kernel)
+    return weights.astype(np.float32)
+
+
+def resize_cubic(cells: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """``(B, g1, g2)`` -> ``(B, H, W)`` by :func:`cubic_weights` (a matrix product on each
+    side: XLA compiles it, where it has no kernel for ``tf.image.resize``'s bicubic)."""
+    rows = tf.constant(cubic_weights(size[0], cells.shape[1]))
+    columns = tf.constant(cubic_weights(size[1], cells.shape[2]))
+    return tf.einsum("yg,bgk,xk->byx", rows, cells, columns)

@@ -118,6 +118,27 @@ def explainer_factories():
         "ScoreCAM": lambda m, **kw: ScoreCAM(m, **kw),
         # the helpers' models have a fixed input size: flips only
         "TTASaliency": lambda m, **kw: TTA(Saliency(m, **kw), scales=(), hflip=True),
+        **black_box_factories(),
+    }
+
+
+def black_box_factories():
+    """The perturbation (black-box) family, with few samples."""
+    from saliencekit.attributions import (
+        HsicAttributionMethod,
+        KernelShap,
+        Lime,
+        Rise,
+        SobolAttributionMethod,
+    )
+
+    few = {"grid_size": 3, "seed": 7}
+    return {
+        "Rise": lambda m, **kw: Rise(m, **{"nb_samples": 16, **few, **kw}),
+        "Lime": lambda m, **kw: Lime(m, **{"nb_samples": 24, **few, **kw}),
+        "KernelShap": lambda m, **kw: KernelShap(m, **{"nb_samples": 32, **few, **kw}),
+        "Sobol": lambda m, **kw: SobolAttributionMethod(m, **{"nb_design": 4, **few, **kw}),
+        "Hsic": lambda m, **kw: HsicAttributionMethod(m, **{"nb_design": 16, **few, **kw}),
     }
 
 
@@ -126,5 +147,7 @@ EXPLAINERS = sorted(explainer_factories())
 CAMS = {"GradCAM", "GradCAMPP", "LayerCAM", "ScoreCAM", "SmoothedGradCAM"}
 # these need a functional or Sequential model
 GRAPH_ONLY = CAMS | {"FullGrad", "GuidedBackprop", "DeconvNet"}
-# these explain images only
-IMAGES_ONLY = {"TTASaliency"}
+# these explain images only (Sobol and HSIC: indices of a grid of image cells, as xplique)
+IMAGES_ONLY = {"TTASaliency", "Sobol", "Hsic"}
+# black-box methods: no output_layer; their maps have no per-channel gradients
+BLACK_BOX = {"Occlusion", "Rise", "Lime", "KernelShap", "Sobol", "Hsic"}
