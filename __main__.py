@@ -1,32 +1,70 @@
-"""``python -m saliencekit``: the demo and the command-line explainer.
+"""python -m saliencekit: the demo and the command-line explainer.
 
-``python -m saliencekit demo``
-    Trains a small CNN on synthetic shapes whose evidence is known pixel by pixel
-    (:mod:`saliencekit.commons.synthetic`), explains held-out images with every explainer,
-    writes a PNG grid and prints, per method, how often the map's maximum falls inside the
-    evidence (pointing game), the share of relevance inside it, and the time taken.
+python -m saliencekit demo
+    Trains a small CNN on synthetic shapes whose evidence is known pixel by pixel, explains
+    held-out images with every explainer, writes a PNG grid and prints, per method, how often
+    the map's maximum falls inside the evidence (pointing game), the share of relevance
+    inside it, and the time taken.
 
-``python -m saliencekit explain --model M.keras --images DIR_OR_FILES --method NAME``
-    Explains your images with your saved model: one overlay PNG per image and the raw maps
-    in ``maps.npy`` (with ``files.txt`` naming the image of each row).
+python -m saliencekit explain --model M.keras --images DIR_OR_FILES --method NAME
+    Explains your photos with your saved Keras model, streaming them from disk (memory is
+    bounded by --batch-size, whatever the number of photos). The output directory holds the
+    maps (an explain_to store: maps-*.npy, read with saliencekit.commons.sink.MapStore),
+    files.txt (the photo of each row), classes.txt (the class explained), one overlay per
+    photo at the photo's size in overlays/, and index.html to browse them. Running the same
+    command again resumes an interrupted run.
+
+Errors are one line, "error: ...", with exit status 2. TensorFlow's own log lines are hidden
+unless --verbose.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
+import difflib
+import html
+import json
+import math
 import os
+import re
+import shutil
 import sys
+import tempfile
+import threading
 import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Nothing heavy at import: numpy, TensorFlow and Keras are imported where they are needed,
+# so that --help answers at once and TensorFlow's logs can be quieted before it starts.
 
-import numpy as np
-
+PROG = "python -m saliencekit"
 #: bump when the demo's data or model recipe changes, so cached models are not reused
 DEMO_RECIPE = 1
 DEMO_SIZE = 64
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+#: ``demo --out`` ending with one of these is the figure's path, not a directory
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+# the output directory of ``explain``, beside the explain_to store's own files
+FILES = "files.txt"
+CLASSES = "classes.txt"
+RUN = "run.json"
+OVERLAYS = "overlays"
+INDEX = "index.html"
+MANIFEST = "manifest.json"  # the store's (saliencekit.commons.sink.MANIFEST)
+#: bump when the output directory's layout changes
+RUN_VERSION = 1
+#: about this many bytes of maps per shard at most (the store's default), and this many
+#: shards per run at most, so overlays appear and progress moves every ~1% of a long run
+SHARD_BYTES = 2**26
+SHARDS_PER_RUN = 100
 
 
 class UsageError(Exception):
@@ -34,8 +72,149 @@ class UsageError(Exception):
 
 
 # -- methods ----------------------------------------------------------------------------------
+#: Every explainer the command line runs -> the options it takes (beyond --batch-size and
+#: --operator). A test checks them against the explainers' signatures.
+METHODS: dict[str, tuple[str, ...]] = {
+    "Saliency": ("output_layer",),
+    "SmoothGrad": ("output_layer", "nb_samples", "noise", "seed"),
+    "SquareGrad": ("output_layer", "nb_samples", "noise", "seed"),
+    "VarGrad": ("output_layer", "nb_samples", "noise", "seed"),
+    "GradientInput": ("output_layer",),
+    "IntegratedGradients": ("output_layer", "steps"),
+    "GuidedBackprop": ("output_layer",),
+    "DeconvNet": ("output_layer",),
+    "GradCAM": ("output_layer", "conv_layer"),
+    "GradCAMPP": ("output_layer", "conv_layer"),
+    "LayerCAM": ("output_layer", "conv_layer"),
+    "ScoreCAM": ("output_layer", "conv_layer"),
+    "FullGrad": ("output_layer",),
+    "Occlusion": ("patch_size", "patch_stride"),
+    "Rise": ("nb_samples", "grid_size", "seed"),
+    "Lime": ("nb_samples", "grid_size", "seed"),
+    "KernelShap": ("nb_samples", "grid_size", "seed"),
+    "SobolAttributionMethod": ("grid_size", "seed"),
+    "HsicAttributionMethod": ("grid_size", "seed"),
+}
+#: Meta-explainers, written ``Wrapper(METHOD)`` (nested too) -> the options they take.
+WRAPPERS: dict[str, tuple[str, ...]] = {"Smoothed": ("nb_samples", "noise", "seed"), "TTA": ()}
+#: Other names users type, as matched (case-folded, ``-`` and ``_`` removed) -> the method.
+ALIASES: dict[str, str] = {
+    "gradcam++": "GradCAMPP",
+    "gradcamplusplus": "GradCAMPP",
+    "ig": "IntegratedGradients",
+    "gradientxinput": "GradientInput",
+    "gradienttimesinput": "GradientInput",
+    "inputxgradient": "GradientInput",
+    "guidedbackpropagation": "GuidedBackprop",
+    "vanillagradient": "Saliency",
+    "vanillagradients": "Saliency",
+    "sobol": "SobolAttributionMethod",
+    "hsic": "HsicAttributionMethod",
+}
+#: explainer argument -> the option that sets it
+OPTIONS: dict[str, str] = {
+    "output_layer": "--output-layer",
+    "conv_layer": "--conv-layer",
+    "nb_samples": "--nb-samples",
+    "noise": "--noise",
+    "seed": "--seed",
+    "steps": "--steps",
+    "patch_size": "--patch-size",
+    "patch_stride": "--patch-stride",
+    "grid_size": "--grid-size",
+}
+#: library argument named in an error message -> the option the user wrote
+ARGUMENTS: dict[str, str] = {
+    **OPTIONS,
+    "targets": "--labels",
+    "inputs": "--images",
+    "model": "--model",
+    "path": "--out",
+    "batch_size": "--batch-size",
+    "operator": "--operator",
+}
+#: --operator choices -> the library's operator names (object detection needs boxes as
+#: targets, which --labels cannot give)
+OPERATORS: dict[str, str] = {
+    "classification": "classification",
+    "regression": "regression",
+    "segmentation": "semantic segmentation",
+}
+#: --preprocess modes: those of keras.applications.imagenet_utils.preprocess_input
+PREPROCESS = ("none", "tf", "torch", "caffe")
+CAFFE_MEAN = (103.939, 116.779, 123.68)  # BGR
+TORCH_MEAN = (0.485, 0.456, 0.406)
+TORCH_STD = (0.229, 0.224, 0.225)
+
+
+def _key(name: str) -> str:
+    """How method names are matched: case-folded, ``-`` and ``_`` removed, nothing else."""
+    return name.casefold().replace("-", "").replace("_", "")
+
+
+_KNOWN = {_key(name): name for name in METHODS} | ALIASES
+_WRAPPER_KEYS = {_key(name): name for name in WRAPPERS}
+
+
+def resolve_method(text: str) -> list[str]:
+    """``"tta(grad-cam++)"`` -> ``["TTA", "GradCAMPP"]``: meta-explainers outside in, the
+    explainer last. Raises :class:`UsageError` for any other name."""
+    chain, rest = [], text.strip()
+    while (match := re.fullmatch(r"([\w-]+)\s*\((.*)\)", rest)) and _key(
+            match.group(1)) in _WRAPPER_KEYS:
+        chain.append(_WRAPPER_KEYS[_key(match.group(1))])
+        rest = match.group(2).strip()
+    if _key(rest) not in _KNOWN:
+        close = difflib.get_close_matches(_key(rest), list(_KNOWN), n=1, cutoff=0.75)
+        hint = f" Did you mean {_KNOWN[close[0]]}?" if close else ""
+        raise UsageError(
+            f"--method: expected one of {', '.join(METHODS)}, or one of them in "
+            f"{' or '.join(f'{w}(...)' for w in WRAPPERS)} (case and - or _ do not matter), "
+            f"got {text!r}.{hint}")
+    return [*chain, _KNOWN[_key(rest)]]
+
+
+def method_name(chain: list[str]) -> str:
+    name = chain[-1]
+    for wrapper in reversed(chain[:-1]):
+        name = f"{wrapper}({name})"
+    return name
+
+
+def assign_options(chain: list[str], given: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each given option (not None) goes to the outermost explainer of ``chain`` that takes
+    it; an option none of them takes is refused, so no option is silently ignored."""
+    takes = [WRAPPERS[name] if i < len(chain) - 1 else METHODS[name]
+             for i, name in enumerate(chain)]
+    assigned: list[dict[str, Any]] = [{} for _ in chain]
+    for argument, value in given.items():
+        if value is None:
+            continue
+        for options, kwargs in zip(takes, assigned):
+            if argument in options:
+                kwargs[argument] = value
+                break
+        else:
+            users = [m for m, options in {**METHODS, **WRAPPERS}.items() if argument in options]
+            shown = ", ".join(f"{m}(...)" if m in WRAPPERS else m for m in users)
+            raise UsageError(f"{OPTIONS[argument]}: expected no value with --method "
+                             f"{method_name(chain)}, which does not take it (these do: "
+                             f"{shown}), got {value}.")
+    return assigned
+
+
+def build_explainer(chain: list[str], assigned: list[dict], model, **common):
+    """The explainer of ``chain`` with its options: the method, then its wrappers."""
+    from saliencekit import attributions
+
+    explainer = getattr(attributions, chain[-1])(model, **assigned[-1], **common)
+    for name, kwargs in zip(reversed(chain[:-1]), reversed(assigned[:-1])):
+        explainer = getattr(attributions, name)(explainer, **kwargs)
+    return explainer
+
+
 def method_factories(conv_layer: str | None = None, fast: bool = False) -> dict:
-    """name -> ``callable(model, **kwargs)``: every explainer the package has."""
+    """name -> ``callable(model, **kwargs)``: every explainer the package has (the demo's)."""
     from saliencekit import attributions as a
 
     samples = 10 if fast else 25
@@ -61,16 +240,85 @@ def method_factories(conv_layer: str | None = None, fast: bool = False) -> dict:
     }
 
 
-def method_by_name(name: str):
-    """Case- and punctuation-insensitive lookup: ``gradcam``, ``GradCAM``, ``grad-cam``."""
-    factories = method_factories()
-    key = "".join(c for c in name.lower() if c.isalnum())
-    for known, factory in factories.items():
-        if "".join(c for c in known.lower() if c.isalnum()) == key:
-            return known, factory
-    raise UsageError(
-        f"--method: expected one of {', '.join(factories)}, got {name!r}."
-    )
+# -- messages and logs ------------------------------------------------------------------------
+def cli_text(message: str, method: str | None = None) -> str:
+    """A library message in the command line's words, on one line: ``targets: expected
+    ...`` -> ``--labels: expected ...``; an argument the command line does not set is
+    prefixed with the method (``--method TTA(GradCAM): scales: expected ...``); the advice
+    ``Pass output_layer='logits'`` -> ``Pass --output-layer logits``."""
+    text = " ".join(str(message).split())
+    match = re.match(r"(\w+): expected ", text)
+    if match and match.group(1) in ARGUMENTS:
+        text = ARGUMENTS[match.group(1)] + text[len(match.group(1)):]
+    elif match and method:
+        text = f"--method {method}: {text}"
+    text = text.replace("Pass another path,", "Pass another --out,")
+    # a check run in a tf.data pipeline: TensorFlow appends its assertion's data
+    text = re.sub(r"\] \[Condition .*$", "", text)
+    return re.sub(r"\bPass (\w+)=(?:'([^']*)'|(-?\d+))",
+                  lambda m: (f"Pass {OPTIONS[m.group(1)]} {m.group(2) or m.group(3)}"
+                             if m.group(1) in OPTIONS else m.group(0)), text)
+
+
+@contextlib.contextmanager
+def native_stderr_hidden() -> Iterator[None]:
+    """Send what C++ libraries write to file descriptor 2 (TensorFlow's start-up log lines,
+    written before its logging is configured, whatever ``TF_CPP_MIN_LOG_LEVEL`` says)
+    nowhere for the duration; it is replayed if the block raises."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no file descriptor 2: nothing to hide
+        yield
+        return
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def start_tensorflow(verbose: bool) -> None:
+    """Import TensorFlow and Keras, quietly unless ``verbose``: no C++ log lines (start-up
+    notices, a CUDA ``cuInit`` error on CPU machines), Python loggers at ERROR. A process
+    that already imported TensorFlow is left as it is."""
+    if "tensorflow" in sys.modules:
+        return
+    if verbose:
+        import keras
+        import tensorflow  # noqa: F401
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with native_stderr_hidden():
+        import keras  # noqa: F401
+        import tensorflow as tf
+    tf.get_logger().setLevel("ERROR")
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def one_line_warnings(command: str, verbose: bool) -> Iterator[None]:
+    """Warnings as ``python -m saliencekit explain: warning: ...`` in the CLI's words."""
+    if verbose:
+        yield
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        stream = sys.stderr if file is None else file
+        stream.write(f"{PROG} {command}: warning: {cli_text(str(message))}\n")
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 # -- the demo ---------------------------------------------------------------------------------
@@ -117,16 +365,34 @@ def train_demo_model(seed: int, train: int, epochs: int, verbose: int):
     return model
 
 
+def figure_path(out: str) -> Path:
+    """``demo --out``: a directory (the figure is ``demo.png`` in it) or the figure's path,
+    when it ends with an image suffix and is not an existing directory."""
+    path = Path(out)
+    if path.suffix.lower() in FIGURE_SUFFIXES and not path.is_dir():
+        if path.parent.exists() and not path.parent.is_dir():
+            raise UsageError(f"--out: expected a directory or an image path in a directory, "
+                             f"got {out!r}, whose parent is a file.")
+        return path
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out: expected a directory or a path ending with "
+                         f"{', '.join(FIGURE_SUFFIXES)}, got {out!r}, an existing file.")
+    return path / "demo.png"
+
+
 def run_demo(args) -> int:
+    figure = figure_path(args.out)
+    start_tensorflow(args.verbose)  # before saliencekit.commons, which imports TensorFlow
+    import keras
+    import numpy as np
+
     from saliencekit.commons import plot
 
     plot.require_matplotlib()  # before any heavy work
-    import keras
 
     from saliencekit.commons import metrics, synthetic
+    from saliencekit.commons.progress import Progress, is_interactive
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     path = cache_dir() / f"demo-r{DEMO_RECIPE}-s{args.seed}-n{args.train}-e{args.epochs}.keras"
     start = time.perf_counter()
     if path.exists() and not args.retrain:
@@ -134,9 +400,9 @@ def run_demo(args) -> int:
         print(f"Loaded the trained demo model from {path} (--retrain to train it again).")
     else:
         print(f"Training a small CNN on {args.train} synthetic {DEMO_SIZE}x{DEMO_SIZE} images "
-              f"of 4 shapes on cluttered backgrounds ({args.epochs} epochs)...")
+              f"of 4 shapes on cluttered backgrounds ({args.epochs} epochs)...", flush=True)
         # a bar on a terminal, one line per epoch in a log
-        fit_verbose = 0 if args.verbose == 0 else args.verbose if sys.stdout.isatty() else 2
+        fit_verbose = 0 if args.quiet else 1 if is_interactive(sys.stdout) else 2
         model = train_demo_model(args.seed, args.train, args.epochs, verbose=fit_verbose)
         path.parent.mkdir(parents=True, exist_ok=True)
         model.save(path)
@@ -152,25 +418,25 @@ def run_demo(args) -> int:
     masks = held_out.masks[:args.samples]
     factories = method_factories("last_conv", fast=args.fast)
     print(f"Explaining {len(images)} held-out images (their true class) with "
-          f"{len(factories)} explainers:")
-    progress = keras.utils.Progbar(len(factories), verbose=args.verbose,
-                                   stateful_metrics=["method"])
+          f"{len(factories)} explainers:", flush=True)
+    progress = Progress(0 if args.quiet else 1, len(factories), unit="method")
     results, rows = {}, []
-    for step, (name, factory) in enumerate(factories.items(), 1):
+    for name, factory in factories.items():
         begin = time.perf_counter()
         maps = factory(model).explain(images, labels, verbose=0).numpy()
         seconds = time.perf_counter() - begin
         results[name] = maps
         rows.append((name, metrics.pointing_game(maps, masks).mean(),
                      np.nanmean(metrics.relevance_mass(maps, masks)), seconds))
-        progress.update(step)
+        progress.update(len(images))
+    progress.close()
 
     shown = min(len(images), args.rows)
-    figure_path = out / "demo.png"
+    figure.parent.mkdir(parents=True, exist_ok=True)
     plot.plot_attributions(
         images[:shown], {name: maps[:shown] for name, maps in results.items()},
         row_titles=[synthetic.CLASS_NAMES[label] for label in labels[:shown]],
-        path=figure_path,
+        path=figure,
     )
     area = masks.mean()
     print()
@@ -181,26 +447,36 @@ def run_demo(args) -> int:
     print()
     print("pointing game: the map's maximum is inside the shape; mass in mask: the share of")
     print("positive relevance on the shape's pixels. Seconds include compiling each kernel.")
-    print(f"Wrote {figure_path} ({shown} rows: the image, then each method's map).")
+    print(f"Wrote {figure} ({shown} rows: the image, then each method's map).")
     return 0
 
 
-# -- explain your own model -------------------------------------------------------------------
-def image_files(sources: list[str]) -> list[Path]:
-    files: list[Path] = []
+# -- explain: the photos ----------------------------------------------------------------------
+def image_files(sources: list[str], exclude: Path | None = None) -> list[tuple[Path, str]]:
+    """``(path, name)`` of every png/jpg image: the files given, and those under the
+    directories given (recursively, hidden ones and ``exclude`` skipped, sorted); ``name``
+    is the path relative to its directory (the file's name for a file given)."""
+    files: list[tuple[Path, str]] = []
+    skip = exclude.resolve() if exclude is not None else None
     for source in sources:
         path = Path(source)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = []
+            for root, dirs, names in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                                 and (skip is None or Path(root, d).resolve() != skip))
+                found += [Path(root, n) for n in names if not n.startswith(".")
+                          and Path(n).suffix.lower() in IMAGE_SUFFIXES]
             if not found:
-                raise UsageError(f"--images: expected png or jpg files in {path}, got none.")
-            files += found
+                raise UsageError(f"--images: expected png or jpg files in {str(path)!r}, "
+                                 "got none.")
+            files += [(f, f.relative_to(path).as_posix()) for f in sorted(found)]
         elif path.is_file():
-            files.append(path)
+            files.append((path, path.name))
         else:
             raise UsageError(f"--images: expected an image file or a directory, got {source!r}"
                              " (no such file).")
-    for path in files:  # cheap checks first: the magic bytes of PNG and JPEG
+    for path, _ in files:  # cheap checks first: the magic bytes of PNG and JPEG
         with open(path, "rb") as stream:
             head = stream.read(8)
         if not (head.startswith(b"\x89PNG\r\n\x1a\n") or head.startswith(b"\xff\xd8\xff")):
@@ -209,119 +485,654 @@ def image_files(sources: list[str]) -> list[Path]:
     return files
 
 
-PIXEL_RANGES = {"0,1": (0.0, 1.0), "0,255": (0.0, 255.0), "-1,1": (-1.0, 1.0)}
+def parse_pixel_range(text: str) -> tuple[float, float]:
+    """``"-1,1"`` -> ``(-1.0, 1.0)``."""
+    parts = text.split(",")
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected LOW,HIGH (e.g. 0,1, 0,255 or -1,1), got {text!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH with LOW < HIGH, got {text!r}")
+    return low, high
 
 
-def read_images(files: list[Path], size: tuple, channels: int, pixel_range: tuple):
-    """Decode, resize to ``size`` and scale to ``pixel_range``: ``(N, H, W, C)`` float32."""
+def parse_size(text: str) -> tuple[int, int]:
+    """``"224,224"`` or ``"224x224"`` -> ``(224, 224)`` (height, width)."""
+    parts = re.split(r"[,x]", text)
+    try:
+        height, width = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHT,WIDTH, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"expected HEIGHT,WIDTH >= 1, got {text!r}")
+    return height, width
+
+
+def preprocess_input(images, mode: str):
+    """``keras.applications.imagenet_utils.preprocess_input(images, mode=mode)`` for
+    channels-last float RGB images in [0, 255], in TensorFlow (it runs in the tf.data
+    pipeline): ``tf`` scales to [-1, 1], ``torch`` to ImageNet's mean and std, ``caffe``
+    flips RGB to BGR and subtracts ImageNet's BGR mean; ``none`` returns them as they are."""
     import tensorflow as tf
 
-    low, high = pixel_range
-    images = np.empty((len(files), *size, channels), np.float32)
-    for i, path in enumerate(files):
-        try:
-            image = tf.io.decode_image(tf.io.read_file(str(path)), channels=channels,
-                                       expand_animations=False)
-        except tf.errors.InvalidArgumentError:
-            raise UsageError(f"--images: expected a readable png or jpg image, got "
-                             f"{str(path)!r}, which cannot be decoded.") from None
-        image = tf.image.resize(tf.cast(image, tf.float32), size)
-        images[i] = low + (high - low) * image.numpy() / 255.0
+    images = tf.convert_to_tensor(images, tf.float32)
+    if mode == "tf":
+        return images / 127.5 - 1.0
+    if mode == "torch":
+        return (images / 255.0 - tf.constant(TORCH_MEAN)) / tf.constant(TORCH_STD)
+    if mode == "caffe":
+        return images[..., ::-1] - tf.constant(CAFFE_MEAN)
     return images
 
 
-def run_explain(args) -> int:
-    import keras
+def pixel_transform(pixel_range: tuple[float, float] | None, preprocess: str) -> Callable:
+    """The function from decoded pixels in [0, 255] to what the model takes."""
+    if preprocess != "none":
+        return lambda images: preprocess_input(images, preprocess)
+    low, high = pixel_range or (0.0, 1.0)
+    return lambda images: low + (high - low) / 255.0 * images
+
+
+def decode_image(path, channels: int):
+    """A png/jpg file's pixels, uint8 ``(H, W, channels)``."""
     import tensorflow as tf
 
-    from saliencekit.commons import plot, postprocess
-    from saliencekit.commons.model import sample_input_shape
+    image = tf.io.decode_image(tf.io.read_file(path), channels=channels,
+                               expand_animations=False)
+    image.set_shape((None, None, channels))
+    return image
 
-    name, factory = method_by_name(args.method)  # cheap checks before loading anything
-    files = image_files(args.images)
+
+def load_image(path, size: tuple[int, int], channels: int, transform: Callable):
+    """A photo as the model takes it: decoded, resized to ``size`` (bilinear, as Keras'
+    ``image_dataset_from_directory``: the aspect ratio is not kept) and transformed."""
+    import tensorflow as tf
+
+    image = tf.image.resize(tf.cast(decode_image(path, channels), tf.float32), size)
+    return transform(image)
+
+
+def image_dataset(files: list[Path], size, channels: int, transform: Callable,
+                  batch_size: int, targets=None):
+    """A ``tf.data`` pipeline of the photos: the file list, read, decoded and resized in
+    parallel, batched (``(x, y)`` with ``targets``). ``explain_to`` prefetches it; memory is
+    a bounded number of batches whatever the number of files."""
+    import tensorflow as tf
+
+    paths = tf.data.Dataset.from_tensor_slices([str(path) for path in files])
+    images = paths.map(lambda path: load_image(path, size, channels, transform),
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if targets is not None:
+        images = tf.data.Dataset.zip((images, tf.data.Dataset.from_tensor_slices(targets)))
+    return images.batch(batch_size)
+
+
+def first_undecodable(files: list[Path], start: int = 0) -> Path | None:
+    """The first file from ``start`` that TensorFlow cannot decode (an error's culprit)."""
+    import tensorflow as tf
+
+    for path in files[start:]:
+        try:
+            decode_image(str(path), 3)
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
+            return path
+    return None
+
+
+# -- explain: the labels ----------------------------------------------------------------------
+def parse_labels(text: str) -> tuple[str, Any]:
+    """``--labels``: ``("predicted", None)``, ``("id", 3)`` or ``("file", path)``."""
+    if text.strip().casefold() == "predicted":
+        return "predicted", None
+    if re.fullmatch(r"\s*-?\d+\s*", text):
+        value = int(text)
+        if value < 0:
+            raise UsageError(f"--labels: expected a class id >= 0, got {value}.")
+        return "id", value
+    path = Path(text)
+    if path.is_file():
+        return "file", path
+    raise UsageError(f"--labels: expected 'predicted', a class id or a CSV file of rows "
+                     f"'file name, class id', got {text!r} (no such file).")
+
+
+def read_label_file(path: Path) -> dict[str, int]:
+    """A CSV of rows ``file name, class id`` (a header row, blank lines and lines starting
+    with ``#`` are skipped) -> ``{file name: class id}``."""
+    table: dict[str, int] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as stream:
+            rows = list(csv.reader(stream))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise UsageError(f"--labels: expected a readable CSV file, got {str(path)!r} "
+                         f"({error}).") from None
+    first = True
+    for number, row in enumerate(rows, 1):
+        row = [cell.strip() for cell in row]
+        if not any(row) or row[0].startswith("#"):
+            continue
+        if first and len(row) >= 2 and not re.fullmatch(r"-?\d+", row[1]):
+            first = False
+            continue  # a header
+        first = False
+        if len(row) < 2 or not re.fullmatch(r"\d+", row[1]) or not row[0]:
+            raise UsageError(f"--labels: expected rows 'file name, class id >= 0' in "
+                             f"{str(path)!r}, got line {number}: {','.join(row)!r}.")
+        name = row[0].replace("\\", "/")
+        if table.get(name, int(row[1])) != int(row[1]):
+            raise UsageError(f"--labels: expected one class id per file in {str(path)!r}, "
+                             f"got {table[name]} and {row[1]} for {name!r}.")
+        table[name] = int(row[1])
+    if not table:
+        raise UsageError(f"--labels: expected rows 'file name, class id' in {str(path)!r}, "
+                         "got none.")
+    return table
+
+
+def match_labels(table: dict[str, int], files: list[tuple[Path, str]], source: Path) -> list[int]:
+    """Each image's class id: its row in ``table`` by the path as given, its path relative
+    to its --images directory, or its bare file name when no other image has that name."""
+    names = Counter(path.name for path, _ in files)
+    ids, missing = [], []
+    for path, relative in files:
+        for key in (path.as_posix(), relative):
+            if key in table:
+                ids.append(table[key])
+                break
+        else:
+            if path.name not in table:
+                missing.append(relative)
+                continue
+            if names[path.name] > 1:
+                same = [str(p) for p, _ in files if p.name == path.name]
+                raise UsageError(
+                    f"--labels: expected a row per image in {str(source)!r}, got "
+                    f"{path.name!r}, which names {len(same)} images ({', '.join(same[:3])}): "
+                    "write their paths relative to their --images directory.")
+            ids.append(table[path.name])
+    if missing:
+        more = f" and {len(missing) - 1} others" if len(missing) > 1 else ""
+        raise UsageError(f"--labels: expected a class id for every image in {str(source)!r}, "
+                         f"got none for {missing[0]!r}{more}.")
+    return ids
+
+
+def labels_setting(kind: str, value, ids: list[int] | None) -> str:
+    """What ``--labels`` was, as recorded in run.json: ``predicted``, the id, or the CSV's
+    name with a digest of the ids it gave (an edited file is noticed)."""
+    if kind == "file":
+        import hashlib
+
+        digest = hashlib.blake2b(",".join(map(str, ids)).encode(), digest_size=8).hexdigest()
+        return f"{Path(value).name} (ids {digest})"
+    return "predicted" if kind == "predicted" else str(value)
+
+
+# -- explain: the output directory ------------------------------------------------------------
+def overlay_name(row: int, path: Path, count: int) -> str:
+    """Unique, and says which input it is: ``00003_a.jpg.png`` is row 3 of files.txt."""
+    width = max(5, len(str(count - 1)))
+    safe = re.sub(r"[^\w.+-]", "_", path.name)
+    return f"{row:0{width}d}_{safe}.png"
+
+
+def shard_size_for(count: int, batch_size: int, map_bytes: int) -> int:
+    """Maps per shard: whole batches, at most :data:`SHARD_BYTES` of maps (memory), and
+    small enough for about :data:`SHARDS_PER_RUN` shards (overlays and progress move every
+    ~1% of a long run). A function of the command's own settings, so a re-run resumes."""
+    by_memory = max(1, SHARD_BYTES // max(1, map_bytes * batch_size))
+    by_progress = max(1, math.ceil(count / SHARDS_PER_RUN / batch_size))
+    return batch_size * min(by_memory, by_progress)
+
+
+def atomic_text(path: Path, text: str) -> None:
+    from saliencekit.commons import sink
+
+    sink.atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def check_output(out: Path, settings: dict, files: list[Path]) -> bool:
+    """Whether ``out`` holds a run to resume; refuse a foreign directory or a run of other
+    settings or images, naming the option (the store checks the explainer and the model)."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out: expected a directory, got {str(out)!r}, an existing file.")
+    if not out.is_dir():
+        return False
+    if not (out / MANIFEST).exists():
+        others = [p.name for p in out.iterdir()]
+        if others:
+            raise UsageError(f"--out: expected a new or empty directory, or one written by "
+                             f"explain, got {str(out)!r} holding {len(others)} other files "
+                             f"(e.g. {sorted(others)[0]!r}).")
+        return False
+    hint = f"Pass another --out, or delete {str(out)!r} to start over."
+    if (out / RUN).exists():
+        try:
+            before = json.loads((out / RUN).read_text())
+        except (OSError, ValueError):
+            before = {}
+        for key, option in (("method", "--method"), ("labels", "--labels"),
+                            ("preprocess", "--preprocess"), ("pixel_range", "--pixel-range"),
+                            ("image_size", "--image-size"), ("operator", "--operator")):
+            if before.get(key) != settings[key]:
+                raise UsageError(f"{option}: expected {before.get(key)!r}, as in the run that "
+                                 f"wrote {str(out)!r}, got {settings[key]!r}. {hint}")
+    if (out / FILES).exists():
+        written = (out / FILES).read_text().splitlines()
+        given = [str(path) for path in files]
+        if written != given:
+            row = next((i for i, (a, b) in enumerate(zip(written, given)) if a != b),
+                       min(len(written), len(given)))
+            raise UsageError(f"--images: expected the {len(written)} images of the run that "
+                             f"wrote {str(out)!r} ({FILES}), got {len(given)} images, "
+                             f"different from row {row} on. {hint}")
+    return True
+
+
+class OutputWriter:
+    """Writes what the command line adds to the store: files.txt, classes.txt and run.json
+    once the store's manifest exists (the store wants a new directory empty), and the
+    overlays of each complete shard, in a thread, while ``explain_to`` computes the next."""
+
+    def __init__(self, out: Path, files: list[Path], classes: list[str], extra: dict[str, str]):
+        self.out, self.files, self.classes, self.extra = out, files, classes, extra
+        self.overlays = out / OVERLAYS
+        self.rendered: set[str] = set()  # maps files whose overlays are written
+        self.rows = 0  # their rows
+        self.progress = None  # a Progress over the shards, updated as they complete
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.written = 0
+
+    def write_extra(self) -> None:
+        """The CLI's files, once the store's manifest exists."""
+        if self.extra and (self.out / MANIFEST).exists():
+            for name, text in self.extra.items():
+                atomic_text(self.out / name, text)
+            self.extra = {}
+
+    def sweep(self) -> int:
+        """Overlays of the complete shards not yet rendered; returns how many shards."""
+        import numpy as np
+
+        from saliencekit.commons import sink
+
+        self.write_extra()
+        if not (self.out / MANIFEST).exists():
+            return 0
+        done = 0
+        for maps_file, index_file in sink.MapStore(self.out).shards:
+            if maps_file.name in self.rendered:
+                continue
+            rows = np.load(index_file)
+            maps = np.load(maps_file, mmap_mode="r")
+            self.overlays.mkdir(exist_ok=True)
+            for row, heat in zip(rows.tolist(), maps):
+                self.render(row, heat)
+            self.rendered.add(maps_file.name)
+            self.rows += len(rows)
+            done += 1
+            if self.progress is not None:
+                self.progress.update(len(rows))
+        return done
+
+    def render(self, row: int, heat) -> None:
+        """The photo at its own size, the map resized to it and blended in, as a PNG."""
+        import numpy as np
+        import tensorflow as tf
+
+        from saliencekit.commons import plot, sink
+
+        target = self.overlays / overlay_name(row, self.files[row], len(self.files))
+        if target.exists():  # written by the run being resumed
+            return
+        photo = decode_image(str(self.files[row]), 3)
+        heat = np.squeeze(np.asarray(heat, np.float32))  # (H, W), channels_first maps too
+        heat = tf.image.resize(heat[..., None], tuple(photo.shape[:2]))[..., 0].numpy()
+        png = tf.io.encode_png(plot.overlay(photo.numpy(), heat)).numpy()
+        sink.atomic_write(target, lambda f: f.write(png))
+        self.written += 1
+
+    def start(self) -> None:
+        def loop():
+            try:
+                while not self.stop.is_set():
+                    if not self.sweep():
+                        self.stop.wait(0.2)
+                self.sweep()
+            except BaseException as error:  # reported by finish()
+                self.error = error
+
+        self.thread = threading.Thread(target=loop, name="saliencekit-overlays", daemon=True)
+        self.thread.start()
+
+    def finish(self, completed: bool) -> None:
+        """Stop the thread once it rendered every complete shard; when the run completed,
+        raise the thread's error if it had one and end the progress."""
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+        if completed:
+            if self.error is not None:
+                raise self.error
+            if self.progress is not None:
+                self.progress.close()
+
+
+def write_index(out: Path, files: list[Path], classes: list[str], title: str) -> None:
+    """``index.html``: each photo beside its overlay, its file name and the explained class;
+    photos and overlays referenced by relative paths (the folder can be moved with them)."""
+
+    def link(path: Path) -> str:
+        return html.escape(quote(Path(os.path.relpath(path, out)).as_posix()))
+
+    rows = []
+    for row, (path, label) in enumerate(zip(files, classes)):
+        overlay = out / OVERLAYS / overlay_name(row, path, len(files))
+        rows.append(
+            f'<tr><td>{row}</td><td><img src="{link(path)}" alt="photo" loading="lazy"></td>'
+            f'<td><img src="{link(overlay)}" alt="overlay" loading="lazy"></td>'
+            f"<td>{html.escape(str(path))}</td><td>{html.escape(label)}</td></tr>")
+    page = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; }}
+td {{ vertical-align: top; padding: 4px; }}
+img {{ max-width: 320px; max-height: 320px; }}
+</style>
+</head>
+<body>
+<h1>{html.escape(title)}</h1>
+<table>
+<thead><tr><th>row</th><th>image</th><th>overlay</th><th>file</th><th>class explained</th>
+</tr></thead>
+<tbody>
+{chr(10).join(rows)}
+</tbody>
+</table>
+</body>
+</html>
+"""
+    atomic_text(out / INDEX, page)
+
+
+# -- explain ----------------------------------------------------------------------------------
+def run_explain(args) -> int:
+    # cheap checks first, before TensorFlow starts or the model loads
+    chain = resolve_method(args.method)
+    name = method_name(chain)
+    given = {argument: getattr(args, argument) for argument in OPTIONS}
+    assigned = assign_options(chain, given)
+    if args.preprocess != "none" and args.pixel_range is not None:
+        raise UsageError(f"--pixel-range: expected no value with --preprocess "
+                         f"{args.preprocess}, which sets the pixels' scale, got "
+                         f"{','.join(f'{v:g}' for v in args.pixel_range)}.")
+    labels_kind, labels_value = parse_labels(args.labels)
+    out = Path(args.out)
+    sources = args.images
+    pairs = image_files(sources, exclude=out)
+    files = [path for path, _ in pairs]
+    ids = None
+    if labels_kind == "file":
+        ids = match_labels(read_label_file(labels_value), pairs, labels_value)
+    elif labels_kind == "id":
+        ids = [labels_value] * len(files)
     model_path = Path(args.model)
-    if not model_path.is_file():
-        raise UsageError(f"--model: expected a saved Keras model (.keras), got "
+    if not model_path.exists():
+        raise UsageError(f"--model: expected a saved Keras model (.keras or .h5), got "
                          f"{args.model!r} (no such file).")
+    settings = {
+        "version": RUN_VERSION,
+        "method": name,
+        "labels": labels_setting(labels_kind, labels_value, ids),
+        "preprocess": args.preprocess,
+        "pixel_range": list(args.pixel_range) if args.pixel_range else None,
+        "image_size": list(args.image_size) if args.image_size else None,
+        "operator": args.operator,
+    }
+    resuming = check_output(out, settings, files)
+
+    start_tensorflow(args.verbose)
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from saliencekit.commons import model as inspect_model
+    from saliencekit.commons.progress import Progress
+
+    existed = out.exists()
     try:
         model = keras.models.load_model(model_path, compile=False)
     except Exception as error:  # Keras raises many kinds for unreadable files
-        raise UsageError(f"--model: expected a saved Keras model (.keras), got "
-                         f"{args.model!r}, which Keras cannot load ({error}).") from None
-    shape = sample_input_shape(model)
+        raise UsageError(f"--model: expected a saved Keras model (.keras or .h5), got "
+                         f"{args.model!r}, which Keras cannot load "
+                         f"({' '.join(str(error).split())[:300]}).") from None
+    shape = inspect_model.sample_input_shape(model)
     if shape is None or len(shape) != 3:
         raise UsageError(f"--model: expected a model of images, inputs (N, H, W, C), got "
                          f"a model with inputs {None if shape is None else (None, *shape)}.")
     channels = shape[2] or 3
+    if args.preprocess not in ("none",) and channels != 3:
+        raise UsageError(f"--preprocess: expected 'none' for a model of {channels}-channel "
+                         f"images ({args.preprocess} is for RGB), got {args.preprocess!r}.")
     size = tuple(shape[:2])
-    if None in size:  # any size: use the first image's
-        first = tf.io.decode_image(tf.io.read_file(str(files[0])), expand_animations=False)
-        size = tuple(first.shape[:2])
-    images = read_images(files, size, channels, PIXEL_RANGES[args.pixel_range])
-    kwargs = {"operator": args.operator, "batch_size": args.batch_size}
-    explainer = factory(model, **kwargs)
-    targets = None
-    if args.labels != "predicted":
-        try:
-            label = int(args.labels)
-        except ValueError:
-            raise UsageError(f"--labels: expected 'predicted' or a class id, got "
-                             f"{args.labels!r}.") from None
-        targets = np.full(len(files), label)
+    if None in size:  # any size: --image-size, else the first image's
+        if args.image_size:
+            size = args.image_size
+        else:
+            size = tuple(decode_image(str(files[0]), channels).shape[:2])
+    elif args.image_size and tuple(args.image_size) != size:
+        raise UsageError(f"--image-size: expected {size[0]},{size[1]} (the model's input "
+                         f"size) or nothing, got {args.image_size[0]},{args.image_size[1]}.")
+    verbose = 0 if args.quiet else 1
+    explainer = build_explainer(chain, assigned, model, batch_size=args.batch_size,
+                                operator=OPERATORS[args.operator])
+    transform = pixel_transform(args.pixel_range, args.preprocess)
+    classes_file = out / CLASSES
+    print(f"{name}: {len(files)} images, resized to {size[0]}x{size[1]}, into {out}"
+          f"{' (resuming)' if resuming else ''}.", flush=True)
     try:
-        maps = explainer.explain(images, targets, verbose=args.verbose).numpy()
-    except (ValueError, TypeError) as error:
-        raise UsageError(str(error)) from None
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "maps.npy", maps)
-    (out / "files.txt").write_text("".join(f"{path}\n" for path in files))
-    display = (images - images.min()) / max(float(np.ptp(images)), 1e-12)
-    shown = postprocess.normalize(maps).numpy()
-    for path, image, heat in zip(files, display, shown):
-        overlay = plot.overlay(image, heat)
-        tf.io.write_file(str(out / f"{path.stem}_{name}.png"), tf.io.encode_png(overlay))
-    print(f"{name}: explained {len(files)} images; wrote {out / 'maps.npy'} "
-          f"{maps.shape} and {len(files)} overlays to {out}.")
+        if ids is None and args.operator == "classification" and _single_output(model):
+            if resuming and classes_file.exists():
+                ids = [int(line) for line in classes_file.read_text().split()]
+            else:
+                print(f"Predicting the class of {len(files)} images...", flush=True)
+                ids = predict_classes(model, image_dataset(
+                    files, size, channels, transform, args.batch_size), verbose)
+        classes = ([str(i) for i in ids] if ids is not None
+                   else [f"{args.operator} (predicted)"] * len(files))
+        targets = None if ids is None else np.asarray(ids, np.int64)
+        dataset = image_dataset(files, size, channels, transform, args.batch_size, targets)
+        shard_size = shard_size_for(len(files), args.batch_size, 4 * size[0] * size[1])
+        extra = {FILES: "".join(f"{path}\n" for path in files),
+                 RUN: json.dumps(settings, indent=1) + "\n"}
+        if ids is not None:
+            extra[CLASSES] = "".join(f"{i}\n" for i in ids)
+        shards = -(-len(files) // shard_size)
+        writer = OutputWriter(out, files, classes, extra)
+        writer.sweep()  # a resumed run's complete shards: their missing overlays
+        done_before = len(writer.rendered)
+        explained = len(files) - writer.rows
+        writer.progress = Progress(verbose, shards - done_before, unit="shard")
+        if explained:
+            print(f"Explaining {explained} images in shards of {shard_size}, "
+                  f"{args.batch_size} at a time...", flush=True)
+        begin = time.perf_counter()
+        writer.start()
+        try:
+            explainer.explain_to(out, dataset, verbose=0, shard_size=shard_size)
+        except BaseException:
+            writer.finish(completed=False)
+            if not existed:
+                _remove_if_empty(out)
+            raise
+        writer.finish(completed=True)
+        seconds = time.perf_counter() - begin
+    except tf.errors.OpError:
+        bad = first_undecodable(files)
+        if bad is not None:
+            raise UsageError(f"--images: expected readable png or jpg images, got "
+                             f"{str(bad)!r}, which cannot be decoded.") from None
+        raise
+    write_index(out, files, classes, f"{name} on {model_path.name}: {len(files)} images")
+    done = (f" ({len(files) - explained} of {len(files)} were done before)"
+            if explained < len(files) else "")
+    rate = f" in {seconds:.1f} s ({explained / max(seconds, 1e-9):.1f} images/s)" \
+        if explained else ""
+    print(f"{name}: explained {explained} images{rate}{done}; wrote the maps to {out} "
+          f"(MapStore), {writer.written} overlays to {out / OVERLAYS} and {out / INDEX}.")
     return 0
 
 
-# -- the command line -------------------------------------------------------------------------
-def parser() -> argparse.ArgumentParser:
-    from saliencekit.operators import OPERATORS
+def _single_output(model) -> bool:
+    """A model with one output of class scores ``(N, C)``: its predicted class is shown."""
+    outputs = getattr(model, "outputs", None) or []
+    return len(outputs) == 1 and len(outputs[0].shape) == 2
 
-    main = argparse.ArgumentParser(prog="python -m saliencekit", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def predict_classes(model, dataset, verbose) -> list[int]:
+    """The predicted class (argmax of the model's output) of every image, batch by batch:
+    memory holds the ids, not the outputs."""
+    import tensorflow as tf
+
+    from saliencekit.commons.progress import Progress
+
+    @tf.function(reduce_retracing=True)
+    def predict(images):
+        outputs = model(images, training=False)
+        outputs = tf.nest.flatten(outputs)[0]
+        return tf.argmax(outputs, axis=-1)
+
+    batches = int(dataset.cardinality())
+    progress = Progress(verbose, batches if batches >= 0 else None)
+    ids: list[int] = []
+    for images in dataset:
+        ids += predict(images).numpy().tolist()
+        progress.update(int(images.shape[0]))
+    progress.close()
+    return ids
+
+
+def _remove_if_empty(out: Path) -> None:
+    """After a failed first run: remove the directory it created if no shard completed."""
+    if out.is_dir() and not any(p.name.startswith("maps-") for p in out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)
+
+
+# -- the command line -------------------------------------------------------------------------
+class _Formatter(argparse.HelpFormatter):
+    """Help text wrapped to the terminal (at most 100 columns), options aligned."""
+
+    def __init__(self, prog):
+        width = min(100, shutil.get_terminal_size().columns)
+        super().__init__(prog, max_help_position=30, width=width)
+
+
+class _RawFormatter(_Formatter, argparse.RawDescriptionHelpFormatter):
+    """The top-level help: the module's docstring as written."""
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's own log lines, warnings as Python prints them "
+                        "and tracebacks")
+    common.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bar or progress lines")
+
+    main = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                   formatter_class=_RawFormatter)
     commands = main.add_subparsers(dest="command", required=True, metavar="{demo,explain}")
 
-    demo = commands.add_parser("demo", help="train a small CNN on synthetic shapes and "
-                               "explain it with every method")
-    demo.add_argument("--out", default="saliencekit-demo", help="output directory")
-    demo.add_argument("--seed", type=int, default=0, help="data and training seed")
+    demo = commands.add_parser(
+        "demo", parents=[common], formatter_class=_Formatter,
+        help="train a small CNN on synthetic shapes and explain it with every method",
+        description="Train a small CNN on synthetic shapes (cached) and explain held-out "
+        "images with every method; print scores, draw a figure.")
+    demo.add_argument("--out", default="saliencekit-demo", metavar="DIR_OR_PNG",
+                      help="a directory (the figure is demo.png in it) or the figure's path "
+                      "(.png, .pdf, .svg); default saliencekit-demo")
+    demo.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
     demo.add_argument("--samples", type=_positive, default=64,
                       help="held-out images explained and scored (default 64)")
-    demo.add_argument("--rows", type=_positive, default=6, help="images shown in the PNG")
-    demo.add_argument("--train", type=_positive, default=3000, help="training images")
-    demo.add_argument("--epochs", type=_positive, default=5)
+    demo.add_argument("--rows", type=_positive, default=6,
+                      help="images shown in the figure (default 6)")
+    demo.add_argument("--train", type=_positive, default=3000,
+                      help="training images (default 3000)")
+    demo.add_argument("--epochs", type=_positive, default=5, help="default 5")
     demo.add_argument("--retrain", action="store_true", help="ignore the cached model")
     demo.add_argument("--fast", action="store_true", help="fewer samples per noisy method")
-    demo.add_argument("--verbose", type=int, choices=(0, 1, 2), default=1)
     demo.set_defaults(run=run_demo)
 
-    explain = commands.add_parser("explain", help="explain your images with your saved model")
-    explain.add_argument("--model", required=True, help="a saved Keras model (.keras)")
-    explain.add_argument("--images", required=True, nargs="+",
-                         help="png/jpg files or directories of them")
-    explain.add_argument("--method", required=True, help=", ".join(method_factories()))
-    explain.add_argument("--operator", default="classification", choices=sorted(OPERATORS))
-    explain.add_argument("--labels", default="predicted",
-                         help="'predicted' (default) or one class id for every image")
-    explain.add_argument("--pixel-range", default="0,1", choices=sorted(PIXEL_RANGES),
-                         help="the range the model expects pixels in (default 0,1)")
-    explain.add_argument("--batch-size", type=_positive, default=32)
-    explain.add_argument("--out", default="saliencekit-maps", help="output directory")
-    explain.add_argument("--verbose", type=int, choices=(0, 1), default=1)
+    explain = commands.add_parser(
+        "explain", parents=[common], formatter_class=_Formatter,
+        help="explain your photos with your saved model",
+        description="Explain png/jpg photos with a saved Keras model. Options a method does "
+        "not take are refused, not ignored.",
+        epilog="preprocessing of keras.applications models: --preprocess tf for MobileNet, "
+        "MobileNetV2, Xception, InceptionV3, InceptionResNetV2, ResNet50V2, NASNet; caffe for "
+        "ResNet50 and VGG16/19; torch for DenseNet; none --pixel-range 0,255 for "
+        "EfficientNet(V2), ConvNeXt, MobileNetV3, RegNet (their preprocessing is inside the "
+        "model). Pass --output-layer logits for models ending with a softmax.")
+    explain.add_argument("--model", required=True, metavar="FILE",
+                         help="a saved Keras model (.keras or .h5)")
+    explain.add_argument("--images", required=True, nargs="+", metavar="PATH",
+                         help="png/jpg files or directories of them (read recursively)")
+    explain.add_argument("--method", required=True, metavar="NAME",
+                         help=f"{', '.join(METHODS)}; or Smoothed(NAME), TTA(NAME). Case and "
+                         "- or _ do not matter; gradcam++ is GradCAMPP, sobol and hsic the "
+                         "last two")
+    explain.add_argument("--labels", default="predicted", metavar="predicted|ID|CSV",
+                         help="the class explained: 'predicted' (the model's, default), one "
+                         "class id for every image, or a CSV file of rows 'file name, class "
+                         "id' (names relative to their --images directory)")
+    explain.add_argument("--operator", default="classification", choices=list(OPERATORS),
+                         help="what is explained (default classification)")
+    explain.add_argument("--preprocess", default="none", choices=PREPROCESS,
+                         help="keras.applications preprocessing of pixels in [0, 255]: tf "
+                         "to [-1, 1], torch ImageNet mean/std, caffe BGR minus ImageNet "
+                         "mean (default none)")
+    explain.add_argument("--pixel-range", type=parse_pixel_range, default=None,
+                         metavar="LOW,HIGH",
+                         help="the range the model takes pixels in, without --preprocess: "
+                         "0,1 (default), 0,255, -1,1, ...")
+    explain.add_argument("--image-size", type=parse_size, default=None, metavar="H,W",
+                         help="the size photos are resized to, for a model of any input size "
+                         "(default: the first photo's)")
+    explain.add_argument("--output-layer", metavar="NAME",
+                         help="explain this layer's output: 'logits' is the output before a "
+                         "final softmax or sigmoid (default: the model's output)")
+    explain.add_argument("--conv-layer", metavar="NAME",
+                         help="CAM methods: the layer whose activations are weighed (default: "
+                         "the last spatial layer)")
+    explain.add_argument("--nb-samples", type=_positive, metavar="N",
+                         help="SmoothGrad, SquareGrad, VarGrad, Smoothed(...): noisy copies; "
+                         "Rise, Lime, KernelShap: perturbed copies")
+    explain.add_argument("--noise", type=_non_negative, metavar="SIGMA",
+                         help="SmoothGrad, SquareGrad, VarGrad, Smoothed(...): noise, a "
+                         "fraction of the input's range")
+    explain.add_argument("--seed", type=int, metavar="N",
+                         help="methods that draw noise or masks: the seed (default: fresh)")
+    explain.add_argument("--grid-size", type=_positive, metavar="CELLS",
+                         help="Rise, Lime, KernelShap, Sobol, HSIC: cells per side of the mask "
+                         "grid")
+    explain.add_argument("--steps", type=_positive, metavar="N",
+                         help="IntegratedGradients: steps of the path")
+    explain.add_argument("--patch-size", type=_positive, metavar="PIXELS",
+                         help="Occlusion: the occluding square's side")
+    explain.add_argument("--patch-stride", type=_positive, metavar="PIXELS",
+                         help="Occlusion: the step between patches (default: the patch size)")
+    explain.add_argument("--batch-size", type=_positive, default=32, metavar="N",
+                         help="images explained at once; memory is bounded by it (default 32)")
+    explain.add_argument("--out", default="saliencekit-maps", metavar="DIR",
+                         help="the output directory; the same command again resumes it "
+                         "(default saliencekit-maps)")
     explain.set_defaults(run=run_explain)
     return main
 
@@ -336,14 +1147,73 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+#: options whose value may start with "-" (argparse takes "-1,1" for an option)
+_SIGNED_VALUES = ("--pixel-range", "--output-layer", "--conv-layer")
+
+
+def _join_signed_values(argv: list[str]) -> list[str]:
+    """``--pixel-range -1,1`` -> ``--pixel-range=-1,1``, which argparse reads as a value."""
+    joined, i = [], 0
+    while i < len(argv):
+        if argv[i] in _SIGNED_VALUES and i + 1 < len(argv) and re.fullmatch(
+                r"-[\d.]+(,-?[\d.]+)*", argv[i + 1]):
+            joined.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            joined.append(argv[i])
+            i += 1
+    return joined
+
+
+def _layer(value: str | None):
+    """A layer option: an index if it is an integer, else a name."""
+    if value is not None and re.fullmatch(r"-?\d+", value.strip()):
+        return int(value)
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     cli = parser()
-    args = cli.parse_args(argv)
+    args = cli.parse_args(_join_signed_values(list(sys.argv[1:] if argv is None else argv)))
+    for argument in ("output_layer", "conv_layer"):
+        if hasattr(args, argument):
+            setattr(args, argument, _layer(getattr(args, argument)))
+    command = f"{cli.prog} {args.command}"
+
+    def error(text: str, status: int = 2) -> int:
+        print(f"{command}: error: {text}", file=sys.stderr)
+        return status
+
     try:
-        return args.run(args)
-    except (UsageError, ImportError) as error:
-        print(f"{cli.prog} {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        with one_line_warnings(args.command, args.verbose):
+            return args.run(args)
+    except UsageError as problem:
+        return error(" ".join(str(problem).split()))
+    except (ValueError, TypeError, ImportError) as problem:  # the library's checks
+        if args.verbose:
+            raise
+        return error(cli_text(str(problem), getattr(args, "method", None)))
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted. Run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+    except Exception as problem:
+        tf = sys.modules.get("tensorflow")
+        if args.verbose or tf is None or not isinstance(problem, tf.errors.OpError):
+            raise
+        first = str(problem.message).strip().splitlines()[0] if problem.message else ""
+        return error(f"TensorFlow failed: {type(problem).__name__}: {first} "
+                     "(--verbose shows the traceback).", status=1)
 
 
 if __name__ == "__main__":
