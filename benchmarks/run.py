@@ -8,7 +8,9 @@
 The limit of a gradient method is the model's own compiled forward+backward pass on the same
 batch (times nb_samples for SmoothGrad); Grad-CAM's is a forward pass plus the backward pass
 down to the conv layer (the forward pass alone is shown beside it); Occlusion's is the number
-of patches times a forward pass on the patched batch. Every time is the median over
+of patches times a forward pass on the patched batch; the black-box family's (Rise, Lime,
+KernelShap, Sobol, HSIC) is its number of forward passes on a batch of perturbed copies of
+the same size. Every time is the median over
 ``--repeats`` rounds that time each reference, explainer and peer in turn, after a warm-up
 call; explainers are built once. Peak memory is the largest growth of the process's resident
 memory during one more call, sampled every 2 ms (the memory section measures each case in a
@@ -38,12 +40,17 @@ from saliencekit.attributions import (
     GradCAMPP,
     GradientInput,
     GuidedBackprop,
+    HsicAttributionMethod,
     IntegratedGradients,
+    KernelShap,
     LayerCAM,
+    Lime,
     Occlusion,
+    Rise,
     Saliency,
     ScoreCAM,
     SmoothGrad,
+    SobolAttributionMethod,
 )
 
 SMOOTHGRAD_SAMPLES = 20
@@ -87,6 +94,11 @@ METHODS = ["saliency", "smoothgrad", "gradcam", "fullgrad", "occlusion", "gradie
            "integratedgradients", "gradcampp", "layercam", "guidedbackprop", "deconvnet",
            "scorecam", "tta"]
 IG_STEPS = 20
+# the black-box family: few samples (their limit scales with them); Sobol: nb_design * (16 + 1)
+BLACK_BOX_SAMPLES = 32
+BLACK_BOX_GRID = 4
+BLACK_BOX = ["rise", "lime", "kernelshap", "sobol", "hsic"]
+METHODS += BLACK_BOX
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -192,6 +204,21 @@ def explainers(name, model, n, conv_layer, shape):
                      _channels(model, conv_layer)),
         # the benchmark's models have a fixed input size: the image and its mirror
         "tta": (lambda: TTA(Saliency(model, batch_size=n), scales=(), hflip=True), "fwd+bwd", 2),
+        # black-box methods: batch_size = n, so each forward pass holds one perturbed copy of
+        # every input, the reference's batch; the limit is their number of forward passes
+        "rise": (lambda: Rise(model, batch_size=n, nb_samples=BLACK_BOX_SAMPLES, seed=0), "fwd",
+                 BLACK_BOX_SAMPLES),
+        "lime": (lambda: Lime(model, batch_size=n, nb_samples=BLACK_BOX_SAMPLES,
+                              grid_size=BLACK_BOX_GRID, seed=0), "fwd", BLACK_BOX_SAMPLES),
+        "kernelshap": (lambda: KernelShap(model, batch_size=n, nb_samples=BLACK_BOX_SAMPLES,
+                                          grid_size=BLACK_BOX_GRID, seed=0), "fwd",
+                       BLACK_BOX_SAMPLES),
+        "sobol": (lambda: SobolAttributionMethod(model, grid_size=BLACK_BOX_GRID, nb_design=4,
+                                                 batch_size=n, seed=0), "fwd",
+                  4 * (BLACK_BOX_GRID**2 + 1)),
+        "hsic": (lambda: HsicAttributionMethod(model, grid_size=BLACK_BOX_GRID,
+                                               nb_design=BLACK_BOX_SAMPLES, batch_size=n,
+                                               seed=0), "fwd", BLACK_BOX_SAMPLES),
     }
 
 
@@ -227,6 +254,26 @@ def xplique_explainer(method, model, n, conv_layer, shape):
         return xa.GuidedBackprop(model, batch_size=n)
     if method == "deconvnet":
         return xa.DeconvNet(model, batch_size=n)
+    if method == "rise":
+        return xa.Rise(model, batch_size=n, nb_samples=BLACK_BOX_SAMPLES)
+    if method in ("lime", "kernelshap"):  # the same interpretable space: a grid of cells
+        from saliencekit.commons.sampling import cell_map
+
+        size = shape[1:3] if len(shape) == 4 else shape[1:]
+        ids = cell_map(size, (BLACK_BOX_GRID,) * len(size)) if len(shape) == 4 else np.arange(
+            shape[1])
+        mapping = lambda x: tf.constant(ids, tf.int32)  # noqa: E731
+        if method == "lime":
+            return xa.Lime(model, batch_size=n, nb_samples=BLACK_BOX_SAMPLES,
+                           map_to_interpret_space=mapping)
+        return xa.KernelShap(model, batch_size=n, nb_samples=BLACK_BOX_SAMPLES,
+                             map_to_interpret_space=mapping)
+    if method == "sobol" and len(shape) == 4:
+        return xa.SobolAttributionMethod(model, grid_size=BLACK_BOX_GRID, nb_design=4,
+                                         batch_size=n)
+    if method == "hsic" and len(shape) == 4:
+        return xa.HsicAttributionMethod(model, grid_size=BLACK_BOX_GRID,
+                                        nb_design=BLACK_BOX_SAMPLES, batch_size=n)
     return None
 
 
@@ -251,7 +298,7 @@ def speed(args):
             build, ref, multiple = explainers(model_name, model, n, conv_layer, shape)[method]
             if method in ("gradcam", "gradcampp", "layercam", "scorecam") and conv_layer is None:
                 continue
-            if method == "tta" and len(shape) != 4:  # images only
+            if method in ("tta", "sobol", "hsic") and len(shape) != 4:  # images only
                 continue
             start = time.perf_counter()
             explainer = build()
