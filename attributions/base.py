@@ -164,6 +164,9 @@ class BlackBoxExplainer:
     _needs_graph = False
     #: Methods whose maps are defined for a model with one input only.
     _single_input = False
+    #: The input whose frame a method's single map is in, for a multi-input model whose
+    #: maps are not one per input (the CAM family's).
+    _map_input = 0
 
     def __init__(
         self,
@@ -319,10 +322,10 @@ class BlackBoxExplainer:
                 for offset, maps in self._stream(self._kernel, batches, writer.seed, verbose,
                                                  skip):
                     if pending is not None:
-                        writer.add(int(pending[0]), sink.rows(batches.as_given(pending[1])))
+                        writer.add(int(pending[0]), sink.rows(batches.given(pending[1])))
                     pending = offset, maps
                 if pending is not None:
-                    writer.add(int(pending[0]), sink.rows(batches.as_given(pending[1])))
+                    writer.add(int(pending[0]), sink.rows(batches.given(pending[1])))
             writer.finish()
         return sink.MapStore(path) if chief else None
 
@@ -364,9 +367,16 @@ class BlackBoxExplainer:
 
     def _explain_step(self, inputs, targets, offset, seed):
         targets = self._resolve_targets(inputs, targets)
-        maps = self._batch(inputs, targets, _seeds(inputs, offset, seed))
-        return tf.nest.map_structure(
-            lambda m, x: self._user_layout(self._postprocess(m, x)), maps, inputs)
+        maps = self._postprocessed(self._batch(inputs, targets, _seeds(inputs, offset, seed)),
+                                   inputs)
+        return tf.nest.map_structure(self._user_layout, maps)
+
+    def _postprocessed(self, maps, inputs):
+        """:meth:`_postprocess` of each input's map; a method giving one map for a
+        multi-input model (a CAM) has it in the frame of the input it is for."""
+        if tf.is_tensor(maps) and not tf.is_tensor(inputs):
+            inputs = tf.nest.flatten(inputs)[self._map_input]
+        return tf.nest.map_structure(self._postprocess, maps, inputs)
 
     def _user_layout(self, maps: tf.Tensor) -> tf.Tensor:
         """Channels-last maps ``(N, *S, C)`` in the user's layout (``(N, C, *S)`` for a
@@ -515,7 +525,7 @@ class BlackBoxExplainer:
             raise validation.value_error("inputs", "at least one input", "an empty Dataset")
         result = parts[0] if len(parts) == 1 else tf.nest.map_structure(
             lambda *p: tf.concat(p, axis=0), *parts)
-        return batches.as_given(result) if maps else result
+        return batches.given(result) if maps else result
 
 
 class WhiteBoxExplainer(BlackBoxExplainer):

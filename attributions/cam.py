@@ -9,8 +9,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from ..commons import batch_ops, postprocess, validation
 from ..commons import model as inspect_model
-from ..commons import postprocess, validation
 from .base import WhiteBoxExplainer
 
 
@@ -192,6 +192,15 @@ class Alignment:
     def call_of(self, layer, occurrence: int) -> int | None:
         return self._keys.get((id(layer), occurrence))
 
+    def input_of(self, graph, node) -> int | None:
+        """The input (its index in ``model.inputs``) that ``node``'s output is aligned
+        with, or None."""
+        occurrence = sum(1 for n in graph.nodes[:graph.nodes.index(node)]
+                         if n.layer is node.layer)
+        call = self.call_of(node.layer, occurrence)
+        state = None if call is None else self.calls[call].state
+        return state.input if isinstance(state, _Aligned) else None
+
     def _record(self, layer, inputs, state) -> int:
         occurrence = self._counts.get(id(layer), 0)
         self._counts[id(layer)] = occurrence + 1
@@ -239,8 +248,14 @@ class Alignment:
             for layer in model.layers:
                 tensor = call_layer(layer, tensor)
             return [known.get(id(tensor))]
+        declared = model.input
+        if isinstance(declared, dict):  # model.inputs is in tf.nest (sorted-name) order
+            structure = dict(zip(sorted(declared), tensors))
+            structure = {name: structure[name] for name in declared}
+        else:
+            structure = tensors[0] if len(tensors) == 1 else tensors
         clone = keras.models.clone_model(
-            model, input_tensors=tensors[0] if len(tensors) == 1 else tensors,
+            model, input_tensors=structure,
             clone_function=lambda layer: layer, call_function=call_layer)
         return [known.get(id(t)) for t in clone.outputs]
 
@@ -271,13 +286,14 @@ _KNOWN_TO_BREAK = (keras.layers.Permute, keras.layers.Reshape, keras.layers.Flat
 
 
 def find_conv_node(graph, model, conv_layer, argument: str = "conv_layer", *,
-                   alignment: Alignment | None = None, channels_first: bool = False):
+                   alignment: Alignment | None = None, channels_first: bool = False,
+                   map_input: int = 0):
     """The node of ``conv_layer``; with ``conv_layer=None``, of the last layer whose output
     is spatially aligned with an input (see :class:`Alignment`, computed on the model
     ``graph`` was flattened from) and is not the output itself. ``channels_first``: the
     layers' tensors are ``(N, C, *S)`` (the graph is a channels-last view of such a
     model)."""
-    rank = len(graph.inputs[0].shape)
+    rank = len(graph.inputs[map_input].shape)
     expected = "a layer with a spatial output " + (
         "(N, H, W, C)" if rank == 4 else "(N, T, C)" if rank == 3 else f"of rank {rank}")
     if conv_layer is None:
@@ -398,16 +414,23 @@ class GradCAM(WhiteBoxExplainer):
         )
         self.conv_layer = conv_layer
         graph = inspect_model.flatten(self._explained)
+        multi_input = self._input_structure is not None
+        alignment = Alignment(self._explained) if conv_layer is None or multi_input else None
         if isinstance(conv_layer, int) and output_layer is not None:
             # an index refers to the user's model.layers, not to the rerouted model's
             layers = self._model.layers
             layer = layers[conv_layer] if -len(layers) <= conv_layer < len(layers) else None
             conv_layer = layer.name if layer is not None else conv_layer
         try:
+            explicit = None
+            if multi_input and conv_layer is not None:  # which input it sees decides the rank
+                explicit = inspect_model.find_node(
+                    graph, self._model if output_layer is None else self._explained,
+                    conv_layer, "conv_layer")
             node = find_conv_node(
                 graph, self._model if output_layer is None else self._explained, conv_layer,
-                alignment=Alignment(self._explained) if conv_layer is None else None,
-                channels_first=self._channels_first)
+                alignment=alignment, channels_first=self._channels_first,
+                map_input=(alignment.input_of(graph, explicit) or 0) if explicit else 0)
         except ValueError:
             if output_layer is None or not isinstance(conv_layer, str):
                 raise
@@ -418,6 +441,17 @@ class GradCAM(WhiteBoxExplainer):
                 repr(conv_layer),
             ) from None
         self.conv_layer_name = node.path
+        #: a multi-input model's input (index in ``tf.nest`` order) whose frame the map
+        #: is in: the one the layer's positions are aligned with
+        self._map_input = 0
+        if multi_input:
+            aligned = alignment.input_of(graph, node)
+            if aligned is None:
+                raise validation.value_error(
+                    "conv_layer", "a layer aligned with one image input of the multi-input "
+                    "model (reached from it through convolutions, pooling, ...)",
+                    repr(node.path))
+            self._map_input = aligned
         self._tapped = graph.model([node.output])
 
     def _batch(self, inputs, targets, seeds):
@@ -516,18 +550,19 @@ class ScoreCAM(GradCAM):
     (1, 8, 8, 1)
     """
 
-    def _batch(self, inputs, targets, seeds):
-        results = self._tapped(inputs, training=False)
+    def _batch(self, structure, targets, seeds):
+        results = self._tapped(structure, training=False)
+        # a multi-input model: the map's input is masked, the others are kept
+        leaves = tf.nest.flatten(structure)
+        inputs = leaves[self._map_input]
         activations = self._channels_last(results[-1])  # (B, *s, K)
         channels = activations.shape[-1]
         masks = _channel_masks(activations, tuple(inputs.shape[1:-1]))  # (B, *S, K)
         batch = tf.shape(inputs, out_type=tf.int64)[0]
         copies = tf.clip_by_value(self.batch_size // batch, 1, channels)  # channels per pass
         chunks = (channels + copies - 1) // copies
-        t = None
-        if targets is not None:  # (B, ...) -> (copies * B, ...), channel-major
-            multiples = tf.concat([[copies], tf.ones([targets.shape.rank], tf.int64)], 0)
-            t = tf.reshape(tf.tile(targets[None], multiples), (-1, *targets.shape[1:]))
+        t = batch_ops.tile(targets, copies)  # (copies * B, ...), channel-major
+        others = [batch_ops.tile(x, copies) for x in leaves]
         # channel-major masks, padded to whole chunks: (chunks * copies, B, *S)
         order = [masks.shape.rank - 1, *range(masks.shape.rank - 1)]
         masks = tf.transpose(masks, order)
@@ -538,6 +573,8 @@ class ScoreCAM(GradCAM):
             channel = tf.minimum(index * copies + tf.range(copies), channels)
             masked = inputs[None] * tf.gather(masks, channel)[..., None]  # (copies, B, *S, C)
             masked = tf.reshape(masked, (-1, *inputs.shape[1:]))
+            masked = tf.nest.pack_sequence_as(structure, [
+                masked if i == self._map_input else x for i, x in enumerate(others)])
             scores = scores.write(tf.cast(index, tf.int32), tf.reshape(
                 self._score(masked, t), (copies, batch)))
         scores = tf.reshape(scores.stack(), (-1, batch))[:channels]  # (K, B)

@@ -32,6 +32,7 @@ class _MetaExplainer(BlackBoxExplainer):
             strategy=explainer.strategy,
         )
         self._explained = explainer._explained  # targets resolve on the wrapped output
+        self._map_input = explainer._map_input
 
 
 class Smoothed(_MetaExplainer):
@@ -96,8 +97,7 @@ class Smoothed(_MetaExplainer):
             # a stochastic wrapped explainer gets its own seed per sample
             inner_seeds = tf.stack([seeds[:, 0], seeds[:, 1] * 7919 + sample + 1], axis=1)
             wrapped = self.explainer
-            return tf.nest.map_structure(
-                wrapped._postprocess, wrapped._batch(noisy, targets, inner_seeds), noisy)
+            return wrapped._postprocessed(wrapped._batch(noisy, targets, inner_seeds), noisy)
 
         # The first sample gives the accumulator its shape (a loop variable needs one); the
         # rest run one at a time in a loop.
@@ -185,6 +185,12 @@ class TTA(_MetaExplainer):
         pad_value: float | str = "mean",
     ):
         self._wrap(explainer)
+        if self._input_structure is not None:
+            raise validation.type_error(
+                "explainer", "an explainer of a model with one image input (TTA rescales and "
+                "mirrors the image)", f"an explainer of a model with "
+                f"{len(self._input_structure)} inputs", "Smoothed works on multi-input "
+                "models.")
         self.scales = validation.positive_floats("scales", scales)
         if not isinstance(hflip, bool):
             raise validation.type_error("hflip", "True or False", repr(hflip))

@@ -56,6 +56,10 @@ class Batches:
     structured: bool = False
     as_given: Callable[[Any], Any] = lambda maps: maps
 
+    def given(self, maps: Any) -> Any:
+        """Maps in the structure the inputs were given in (one map stays one map)."""
+        return maps if tf.is_tensor(maps) else self.as_given(maps)
+
     @property
     def sample_shapes(self) -> list[tuple]:
         """One sample shape per input."""

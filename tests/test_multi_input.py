@@ -189,3 +189,54 @@ def test_bad_structures_are_named_before_any_trace(inputs, error, words):
 def test_a_named_model_names_missing_keys():
     with pytest.raises(ValueError, match=r"a dict with the keys \['image', 'meta'\]"):
         Saliency(image_and_meta(named=True))({"image": IMAGES}, Y)
+
+
+def additive_model():
+    """logits = head(GAP(conv(image))) + meta_head(meta): the meta branch changes neither the
+    conv activations nor their gradients, so CAMs equal those of the image-only model."""
+    keras.utils.set_random_seed(4)
+    image, meta = keras.Input((8, 8, 3)), keras.Input((5,))
+    conv = keras.layers.Conv2D(6, 3, activation="relu", name="conv")
+    head = keras.layers.Dense(3, name="head")
+    image_logits = head(keras.layers.GlobalAveragePooling2D()(conv(image)))
+    both = keras.layers.Add()([image_logits, keras.layers.Dense(3)(meta)])
+    return keras.Model([image, meta], both), keras.Model(image, image_logits)
+
+
+@pytest.mark.parametrize("method", ["GradCAM", "GradCAMPP", "LayerCAM", "ScoreCAM"])
+def test_cams_give_the_map_of_the_image_input(method):
+    from saliencekit import attributions
+
+    both, image_only = additive_model()
+    explainer = getattr(attributions, method)(both)
+    assert explainer.conv_layer_name == "conv"
+    maps = explainer((IMAGES, META), Y)  # one map, in the image's frame
+    np.testing.assert_allclose(
+        maps.numpy(), getattr(attributions, method)(image_only)(IMAGES, Y).numpy(),
+        rtol=1e-4, atol=1e-6)
+    smoothed = Smoothed(getattr(attributions, method)(both), nb_samples=2, seed=0)
+    assert smoothed((IMAGES, META), Y).shape == (7, 8, 8, 1)
+
+
+def test_a_cam_takes_the_size_of_the_image_its_layer_sees():
+    from saliencekit.attributions import GradCAM
+
+    keras.utils.set_random_seed(0)
+    small, large = keras.Input((8, 8, 3)), keras.Input((16, 16, 1))
+    a = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="conv_a")(small))
+    b = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="conv_b")(large))
+    model = keras.Model([small, large], keras.layers.Dense(3)(
+        keras.layers.Concatenate()([a, b])))
+    x = (IMAGES, RNG.random((7, 16, 16, 1)).astype("float32"))
+    assert GradCAM(model, conv_layer="conv_b")(x, Y).shape == (7, 16, 16, 1)
+    assert GradCAM(model, conv_layer="conv_a")(x, Y).shape == (7, 8, 8, 1)
+
+
+def test_tta_and_fullgrad_refuse_multi_input_models_by_name():
+    from saliencekit.attributions import TTA, FullGrad
+
+    model = image_and_meta()
+    with pytest.raises(TypeError, match="explainer: expected an explainer of a model with one"):
+        TTA(Saliency(model))
+    with pytest.raises(TypeError, match="model: expected a model with one input"):
+        FullGrad(model)
