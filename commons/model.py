@@ -10,6 +10,9 @@ clone_function=lambda layer: layer)``, Keras' documented way to share layers.
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,11 +134,10 @@ def _is_tf_keras(model: Any) -> bool:
 def _tf_keras_graph(model: Any, argument: str):
     """A Keras 3 copy of a ``tf_keras`` functional or Sequential model (through an HDF5
     file, the format both Keras read), for methods that need the layers."""
-    import os
-    import tempfile
-
     try:
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+            # the user saved nothing: tf_keras' advice about the HDF5 format is not for them
+            warnings.filterwarnings("ignore", message=".*HDF5 file", category=UserWarning)
             path = os.path.join(folder, "model.h5")
             model.save(path, include_optimizer=False)
             return keras.models.load_model(path, compile=False)
