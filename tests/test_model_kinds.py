@@ -266,20 +266,35 @@ def test_fullgrad_refuses_biases_it_cannot_find():
 
 
 def test_fullgrad_counts_biases_that_are_not_keras_variables():
-    """Keras < 3.7 kept layer biases as backend variables that are not ``keras.Variable``
-    instances: FullGrad found none and silently dropped every bias term."""
+    """Keras < 3.7 kept layer biases in backend variables that are not ``keras.Variable``
+    instances: FullGrad found none and silently dropped every bias term. A layer holding
+    its bias in a ``tf.Variable`` is the same case on today's Keras."""
+
+    class TFBias(keras.layers.Layer):
+        def __init__(self, units, **kwargs):
+            super().__init__(**kwargs)
+            self.use_bias = True
+            self.kernel = self.add_weight(shape=(8, units), initializer="glorot_uniform")
+            self.bias = tf.Variable(tf.fill((units,), 0.3), name="bias")
+
+        def call(self, x):
+            return tf.matmul(x, self.kernel) + self.bias
+
+        def compute_output_shape(self, shape):
+            return (*shape[:-1], self.kernel.shape[-1])
+
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 1))
-    conv = keras.layers.Conv2D(2, 3, activation="relu")
-    dense = keras.layers.Dense(3)
-    model = keras.Model(inputs, dense(keras.layers.Flatten()(conv(inputs))))
-    conv.bias.assign(tf.fill(conv.bias.shape, 0.3))
+    x = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    x = keras.layers.ReLU()(TFBias(8, name="tf_bias")(x))  # per-pixel dense, tf.Variable bias
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x)))
     explainer = FullGrad(model)
-    terms = explainer.raw_terms(X, Y) if hasattr(explainer, "raw_terms") else None
-    assert terms is not None
+    assert any(path.endswith("tf_bias") for path in explainer.bias_layers)
+    input_term, bias_terms = explainer.raw_terms(X, Y)
     score = tf.reduce_sum(model(X) * tf.one_hot(Y, 3), -1).numpy()
-    total = sum(np.sum(t.numpy().reshape(3, -1), 1) for t in tf.nest.flatten(terms))
-    np.testing.assert_allclose(total, score, rtol=1e-4, atol=1e-5)
+    total = np.sum(input_term.numpy().reshape(3, -1), 1) + sum(
+        np.sum(t.numpy().reshape(3, -1), 1) for t in bias_terms)
+    np.testing.assert_allclose(total, score, rtol=1e-4, atol=1e-5)  # completeness
 
 
 def test_smoothgrad_on_a_callable_repeats_with_a_seed():
