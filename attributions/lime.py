@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ..commons import linear, sampling, validation
+from ..commons import data, linear, sampling, validation
 from .sampled import SampledExplainer, batch_size_for
 
 
@@ -259,11 +259,25 @@ class Lime(SampledExplainer):
         i = tf.cast(index, tf.int32)
         return state[0].write(i, z), state[1].write(i, scores), state[2].write(i, weights)
 
+    def _check_weights(self, total_weight):
+        """Every similarity underflowing to 0 leaves nothing to fit: fail loudly (the base
+        turns this check into a ValueError), never return zeros."""
+        return tf.debugging.assert_positive(total_weight, message=data.PIPELINE_CHECK + (
+            validation.message(
+                "kernel_width", "a width at the scale of the distances between an input and "
+                f"its perturbed copies (every similarity exp(-d^2 / {self.kernel_width}^2) "
+                "underflowed to 0 for an input)", self.kernel_width,
+                "Scale kernel_width with the inputs' range and size, or pass a "
+                "similarity_kernel.")))
+
     def _finish(self, inputs, seeds, state, context):
         if self._in_kernel:
-            coef, _ = self.interpretable_model.solve(*state)
+            with tf.control_dependencies([self._check_weights(state[0][:, -1, -1])]):
+                coef, _ = self.interpretable_model.solve(*state)
         else:
             z, y, w = (array.concat() for array in state)  # (chunks * copies, B, ...)
+            with tf.control_dependencies([self._check_weights(tf.reduce_sum(w, 0))]):
+                w = tf.identity(w)
             coef = tf.numpy_function(self._host_fit, [z[:self.nb_samples], y[:self.nb_samples],
                                                       w[:self.nb_samples]], tf.float32)
             coef = tf.reshape(coef, tf.shape(z)[1:])

@@ -135,7 +135,8 @@ def black_box_factories():
     few = {"grid_size": 3, "seed": 7}
     return {
         "Rise": lambda m, **kw: Rise(m, **{"nb_samples": 16, **few, **kw}),
-        "Lime": lambda m, **kw: Lime(m, **{"nb_samples": 24, **few, **kw}),
+        # a kernel wide enough for 0..255 pixels too (xplique's 45 suits [0, 1] images)
+        "Lime": lambda m, **kw: Lime(m, **{"nb_samples": 24, "kernel_width": 1e4, **few, **kw}),
         "KernelShap": lambda m, **kw: KernelShap(m, **{"nb_samples": 32, **few, **kw}),
         "Sobol": lambda m, **kw: SobolAttributionMethod(m, **{"nb_design": 4, **few, **kw}),
         "Hsic": lambda m, **kw: HsicAttributionMethod(m, **{"nb_design": 16, **few, **kw}),

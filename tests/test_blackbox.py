@@ -359,3 +359,6 @@ def test_mistakes_are_named():
         Rise(model, preservation_probability=1.5)
     with pytest.raises(ValueError, match="distance_mode: expected one of"):
         Lime(model, distance_mode="manhattan")
+    with pytest.raises(ValueError, match=r"kernel_width: expected a width at the scale .* got "
+                                         r"45.0. Scale kernel_width"):  # never zeros silently
+        Lime(model, nb_samples=8)(IMAGES[:2] * 255, LABELS[:2])
