@@ -78,9 +78,25 @@ def exact_shapley(f, x, baseline):
     return values
 
 
+def test_kernel_shap_draws_coalition_sizes_from_the_shapley_kernel():
+    """p(k) proportional to (M - 1) / (k (M - k)) for k in 1..M-1, each coalition followed by
+    its complement; samples 0 and 1 are the full and the empty coalitions."""
+    m, n = 6, 20000
+    explainer = KernelShap(function_model((m,), lambda v: v[:, :1]), operator="regression")
+    seeds = tf.constant([[0, 5]], tf.int64)
+    z = explainer._interpretable(seeds, tf.range(n, dtype=tf.int64),
+                                 {"present": tf.ones((1, m))}).numpy()[:, 0]
+    np.testing.assert_array_equal(z[0], np.ones(m))
+    np.testing.assert_array_equal(z[1], np.zeros(m))
+    np.testing.assert_array_equal(z[3::2], 1 - z[2::2][:len(z[3::2])])
+    sizes = np.bincount(z[2::2].sum(1).astype(int), minlength=m + 1) / len(z[2::2])
+    kernel = np.array([0] + [(m - 1) / (k * (m - k)) for k in range(1, m)] + [0])
+    np.testing.assert_allclose(sizes, kernel / kernel.sum(), atol=0.01)
+
+
 def test_kernel_shap_converges_to_the_shapley_values_of_a_model_with_interactions():
-    """Only the Shapley kernel's coalition distribution gives these on a non-additive
-    model: a uniform one (or LIME's) weighs the interaction x0 * x1 differently."""
+    """Enumerated Shapley values of a non-additive model (each product term is split among
+    its players), within Monte-Carlo error, and exact efficiency."""
     x = np.array([[1.0, 2.0, -1.5, 0.5, 3.0]], "float32")
 
     def f(v):
