@@ -45,7 +45,7 @@ def _checked_operator(operator):
     return checked
 
 
-def _check_strategy(strategy: Any, batch_size: int):
+def _check_strategy(strategy: Any, batch_size: int | None):
     if strategy is None:
         return None
     if not isinstance(strategy, tf.distribute.Strategy):
@@ -53,7 +53,7 @@ def _check_strategy(strategy: Any, batch_size: int):
             "strategy", "None or a tf.distribute.Strategy (e.g. tf.distribute.MirroredStrategy())",
             type(strategy).__name__)
     replicas = strategy.num_replicas_in_sync
-    if batch_size % replicas:
+    if batch_size is not None and batch_size % replicas:
         raise validation.value_error(
             "batch_size", f"a multiple of the {replicas} replicas of strategy "
             f"{type(strategy).__name__} (each replica explains batch_size / {replicas} inputs)",
@@ -137,9 +137,11 @@ class BlackBoxExplainer:
     model : keras.Model
         The model to explain (functional, Sequential, subclassed or nested). It is never
         modified.
-    batch_size : int, default 64
+    batch_size : int or None, default 64
         How many inputs (or perturbed copies of inputs) go through the model at once.
-        Memory is bounded by it, whatever the number of inputs or samples.
+        Memory is bounded by it, whatever the number of inputs or samples. ``None``: all
+        at once, as in xplique (every input of an array in one batch, a Dataset in its
+        own batches, every perturbed copy of a batch in one pass).
     operator : str, Tasks, callable or None, default None (classification)
         What is explained: ``"classification"``, ``"regression"``, ``"semantic
         segmentation"``, ``"object detection"``, or a callable
@@ -171,8 +173,9 @@ class BlackBoxExplainer:
     def __init__(
         self,
         model: keras.Model,
-        batch_size: int = 64,
+        batch_size: int | None = 64,
         operator: Any = None,
+        *,
         jit_compile: bool = False,
         strategy: tf.distribute.Strategy | None = None,
     ):
@@ -180,7 +183,9 @@ class BlackBoxExplainer:
         # what the kernels call: a Keras 3 model (one-element input/output lists unlisted;
         # a tf_keras graph converted for methods that need layers) or a CallableModel
         self._model = inspect_model.as_model(model, needs_graph=self._needs_graph)
-        self.batch_size = validation.positive_int("batch_size", batch_size)
+        # None: all at once, as in xplique (every input, or a Dataset's own batches)
+        self.batch_size = None if batch_size is None else validation.positive_int(
+            "batch_size", batch_size)
         self.operator, self._target_rules = get_operator(operator)
         self.jit_compile = bool(jit_compile)
         self._set_strategy(strategy)
@@ -202,6 +207,12 @@ class BlackBoxExplainer:
         self._reducer: str | None = None
         self._output_shapes: dict[tuple, tuple] = {}
         self._kernel = self._compile(self._explain_step)
+
+    @property
+    def _per_pass(self) -> int:
+        """How many inputs (or perturbed copies) one forward pass may hold: ``batch_size``,
+        or with ``batch_size=None`` as many as there are (all at once)."""
+        return self.batch_size or 2**30
 
     @property
     def strategy(self) -> tf.distribute.Strategy | None:
@@ -294,11 +305,12 @@ class BlackBoxExplainer:
                                         type(path).__name__)
         if shard_size is not None:
             shard_size = validation.positive_int("shard_size", shard_size)
-            if shard_size % self.batch_size:
-                raise validation.value_error(
-                    "shard_size", f"a multiple of batch_size={self.batch_size} (shards of "
-                    "whole batches)", shard_size)
         batches = self._batches(inputs, targets)
+        step = self.batch_size or batches.batch_size  # None: the batches it reads
+        if shard_size is not None and shard_size % step:
+            raise validation.value_error(
+                "shard_size", f"a multiple of batch_size={step} (shards of whole batches)",
+                shard_size)
         per_input = 4 * sum(math.prod(shape) for shape in batches.sample_shapes)
         settings = {
             "explainer": repr(self),
@@ -311,7 +323,7 @@ class BlackBoxExplainer:
         chief = self._strategy is None or _is_chief(self._strategy)
         writer = sink.ShardWriter(
             path, settings, shard_size,
-            default_shard_size=self.batch_size * max(1, 2**26 // (per_input * self.batch_size)),
+            default_shard_size=step * max(1, 2**26 // (per_input * step)),
             write=chief)
         if not writer.complete:
             seed = writer.seed if writer.seed is not None else self._draw_seed()
@@ -336,6 +348,8 @@ class BlackBoxExplainer:
             if name.startswith("_") or name == "model" or isinstance(value, (list, dict)):
                 continue
             value = getattr(value, "__name__", value)
+            if isinstance(value, keras.layers.Layer):  # a chosen layer, by name
+                value = value.name
             shown.append(f"{name}={value!r}")
         return f"{type(self).__name__}({', '.join(shown)})"
 
@@ -549,9 +563,10 @@ class WhiteBoxExplainer(BlackBoxExplainer):
         self,
         model: keras.Model,
         output_layer: str | int | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = 64,
         operator: Any = None,
         reducer: str | None = "max",
+        *,
         jit_compile: bool = False,
         strategy: tf.distribute.Strategy | None = None,
     ):

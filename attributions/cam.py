@@ -110,7 +110,9 @@ class GradCAM(WhiteBoxExplainer):
     The map is ``relu(sum_c alpha_c A_c)`` at the layer's resolution, resized
     (bilinearly) to the input's, and not normalised (use
     :func:`saliencekit.commons.postprocess.normalize` to display it). The backward pass
-    stops at the conv layer. ``conv_layer_name`` tells which layer was used.
+    stops at the conv layer. After construction ``conv_layer`` holds the layer used (as in
+    xplique) and ``conv_layer_name`` its path (``"backbone/out_relu"`` inside a nested
+    model).
 
     Examples
     --------
@@ -130,11 +132,11 @@ class GradCAM(WhiteBoxExplainer):
     def __init__(
         self,
         model: keras.Model,
+        output_layer: str | int | None = None,
+        batch_size: int | None = 64,
+        operator: Any = None,
         conv_layer: str | int | None = None,
         *,
-        output_layer: str | int | None = None,
-        batch_size: int = 64,
-        operator: Any = None,
         jit_compile: bool = False,
         strategy: tf.distribute.Strategy | None = None,
     ):
@@ -177,6 +179,7 @@ class GradCAM(WhiteBoxExplainer):
                 repr(conv_layer),
             ) from None
         self.conv_layer_name = node.path
+        self.conv_layer = node.layer  # the layer used, as xplique holds it
         #: a multi-input model's input (index in ``tf.nest`` order) whose frame the map
         #: is in: the one the layer's positions are aligned with
         self._map_input = 0
@@ -295,7 +298,7 @@ class ScoreCAM(GradCAM):
         channels = activations.shape[-1]
         masks = _channel_masks(activations, tuple(inputs.shape[1:-1]))  # (B, *S, K)
         batch = tf.shape(inputs, out_type=tf.int64)[0]
-        copies = tf.clip_by_value(self.batch_size // batch, 1, channels)  # channels per pass
+        copies = tf.clip_by_value(self._per_pass // batch, 1, channels)  # channels per pass
         chunks = (channels + copies - 1) // copies
         t = batch_ops.tile(targets, copies)  # (copies * B, ...), channel-major
         others = [batch_ops.tile(x, copies) for x in leaves]

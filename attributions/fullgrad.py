@@ -85,11 +85,11 @@ class FullGrad(WhiteBoxExplainer):
     def __init__(
         self,
         model: keras.Model,
-        *,
         output_layer: str | int | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = 64,
         operator: Any = None,
         reducer: str = "sum",
+        *,
         jit_compile: bool = False,
         strategy: tf.distribute.Strategy | None = None,
     ):

@@ -67,7 +67,7 @@ class _SampledGradients(WhiteBoxExplainer):
         # Inputs may be a structure (a multi-input model): every leaf is sampled (each
         # from its own noise stream), and summarised, alike.
         batch = batch_ops.batch_size(inputs)
-        copies = tf.clip_by_value(self.batch_size // batch, 1, self.nb_samples)  # per pass
+        copies = tf.clip_by_value(self._per_pass // batch, 1, self.nb_samples)  # per pass
         chunks = (self.nb_samples + copies - 1) // copies
         t = batch_ops.tile(targets, copies)  # (copies * B, ...), sample-major
         leaves = tf.nest.flatten(inputs)
@@ -85,15 +85,17 @@ class _SampledGradients(WhiteBoxExplainer):
                 w = tf.reshape(weight, [-1] + [1] * x.shape.rank)
                 mean = tf.ensure_shape(tf.reduce_sum(values * w, 0) / n, x.shape)
                 means.append(mean)
-                m2s.append(tf.ensure_shape(tf.reduce_sum(w * tf.square(values - mean), 0),
-                                           x.shape) if self._needs_m2 else tf.zeros_like(x))
+                if self._needs_m2:
+                    m2s.append(tf.ensure_shape(
+                        tf.reduce_sum(w * tf.square(values - mean), 0), x.shape))
             return n, means, m2s
 
         # Chan et al.'s parallel update, starting from an empty summary; one loop, so the
         # model appears once in the graph.
         count = tf.constant(0.0)
         mean = [tf.zeros_like(x) for x in leaves]
-        m2 = [tf.zeros_like(x) for x in leaves]
+        # no running sum of squares where the statistic does not read it
+        m2 = [tf.zeros_like(x) if self._needs_m2 else tf.zeros(()) for x in leaves]
         for index in tf.range(chunks, dtype=tf.int64):
             # one chunk in flight: while_loop's default (10 parallel iterations) would hold
             # up to 10 chunks' activations at once, breaking the batch_size memory bound
@@ -125,14 +127,14 @@ class _NoisyGradients(_SampledGradients):
     def __init__(
         self,
         model: keras.Model,
-        nb_samples: int = 50,
-        noise: float = 0.2,
-        seed: int | None = None,
-        *,
         output_layer: str | int | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = 64,
         operator: Any = None,
         reducer: str | None = "max",
+        nb_samples: int = 50,
+        noise: float = 0.2,
+        *,
+        seed: int | None = None,
         jit_compile: bool = False,
         strategy: tf.distribute.Strategy | None = None,
     ):
@@ -247,11 +249,11 @@ class GradientInput(WhiteBoxExplainer):
     def __init__(
         self,
         model: keras.Model,
-        *,
         output_layer: str | int | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = 64,
         operator: Any = None,
         reducer: str | None = "sum",
+        *,
         jit_compile: bool = False,
         strategy: tf.distribute.Strategy | None = None,
     ):
@@ -282,7 +284,7 @@ class IntegratedGradients(_SampledGradients):
     steps : int, default 50
         Points on the straight path, at the midpoints ``(k + 0.5) / steps`` (a Riemann
         sum whose error shrinks as ``1 / steps**2`` for smooth models).
-    baseline : float, array or callable, default 0.0
+    baseline_value : float, array or callable, default 0.0
         ``x0``: a constant, an array broadcasting to one input's shape, or a function
         ``inputs -> baselines`` of TensorFlow ops (called inside the kernel).
     reducer : default "sum"
@@ -308,19 +310,19 @@ class IntegratedGradients(_SampledGradients):
     def __init__(
         self,
         model: keras.Model,
-        steps: int = 50,
-        baseline: Any = 0.0,
-        *,
         output_layer: str | int | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = 64,
         operator: Any = None,
         reducer: str | None = "sum",
+        steps: int = 50,
+        baseline_value: Any = 0.0,
+        *,
         jit_compile: bool = False,
         strategy: tf.distribute.Strategy | None = None,
     ):
         self.steps = self.nb_samples = validation.positive_int("steps", steps)
-        self.baseline = baseline
-        self._baseline_fn = _baseline_function(baseline)
+        self.baseline_value = baseline_value
+        self._baseline_fn = _baseline_function(baseline_value)
         super().__init__(
             model,
             output_layer=output_layer,
@@ -349,23 +351,24 @@ def _baseline_function(baseline):
             if value.shape.rank != inputs.shape.rank or not value.shape[1:].is_compatible_with(
                     inputs.shape[1:]):
                 raise validation.value_error(
-                    "baseline", f"a callable returning baselines of the inputs' shape "
+                    "baseline_value", f"a callable returning baselines of the inputs' shape "
                     f"{tuple(inputs.shape)}", f"shape {tuple(value.shape)}")
             return value
         return from_callable
     if isinstance(baseline, bool) or not isinstance(baseline, (int, float, np.ndarray,
                                                                tf.Tensor, list, tuple)):
         raise validation.type_error(
-            "baseline", "a number, an array of one input's shape or a callable",
+            "baseline_value", "a number, an array of one input's shape or a callable",
             type(baseline).__name__)
     constant = tf.constant(np.asarray(baseline, np.float32))
-    validation.finite_array("baseline", constant.numpy())
+    validation.finite_array("baseline_value", constant.numpy())
 
     def from_constant(inputs):
         try:
             return tf.ensure_shape(tf.broadcast_to(constant, tf.shape(inputs)), inputs.shape)
         except (ValueError, tf.errors.InvalidArgumentError):
             raise validation.value_error(
-                "baseline", f"an array broadcasting to one input's shape {tuple(inputs.shape[1:])}",
+                "baseline_value",
+                f"an array broadcasting to one input's shape {tuple(inputs.shape[1:])}",
                 f"shape {tuple(constant.shape)}") from None
     return from_constant

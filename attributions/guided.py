@@ -117,11 +117,11 @@ class _ModifiedReLUGradients(Saliency):
     def __init__(
         self,
         model: keras.Model,
-        *,
         output_layer: str | int | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = 64,
         operator: Any = None,
         reducer: str | None = "max",
+        *,
         jit_compile: bool = False,
         strategy: tf.distribute.Strategy | None = None,
     ):

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..commons import batch_ops, validation
+from ..commons import model as inspect_model
 from .base import BlackBoxExplainer
 
 
@@ -66,12 +67,12 @@ class Occlusion(BlackBoxExplainer):
     def __init__(
         self,
         model: keras.Model,
+        batch_size: int | None = 64,
+        operator: Any = None,
         patch_size: int | tuple[int, ...] = 8,
         patch_stride: int | tuple[int, ...] | None = None,
         occlusion_value: float = 0.0,
         *,
-        batch_size: int = 64,
-        operator: Any = None,
         jit_compile: bool = False,
         strategy: tf.distribute.Strategy | None = None,
     ):
@@ -83,6 +84,11 @@ class Occlusion(BlackBoxExplainer):
         self.occlusion_value = float(occlusion_value)
         super().__init__(model, batch_size=batch_size, operator=operator, jit_compile=jit_compile,
                          strategy=strategy)
+        shape = inspect_model.sample_input_shape(self._explained)
+        if shape is not None and self._input_structure is None:  # one size per axis, as
+            axes = max(len(shape) - 1, 1)  # xplique stores (3, 3) for images
+            self.patch_size = _per_axis(self.patch_size, axes)
+            self.patch_stride = _per_axis(self.patch_stride, axes)
 
     def _check_batches(self, batches):
         for leaf, shape in enumerate(batches.sample_shapes):
@@ -148,7 +154,7 @@ class Occlusion(BlackBoxExplainer):
         batch = tf.shape(inputs)[0]
         spatial, patch, starts, coverage = self._geometry(inputs, leaf, structured)
         has_channels = inputs.shape.rank >= 3
-        copies = tf.clip_by_value(self.batch_size // batch, 1, len(starts))  # patches per pass
+        copies = tf.clip_by_value(self._per_pass // batch, 1, len(starts))  # patches per pass
         chunks = (len(starts) + copies - 1) // copies
         padded = tf.pad(  # empty patches (far outside) fill the last chunk
             tf.constant(starts, tf.int64), [[0, chunks * copies - len(starts)], [0, 0]],
@@ -181,6 +187,10 @@ class Occlusion(BlackBoxExplainer):
             spread = tf.tensordot(drops, masks, axes=[[0], [0]])  # (B, *spatial)
             total = total + tf.ensure_shape(spread, total.shape)
         return tf.math.divide_no_nan(total, tf.constant(coverage))
+
+
+def _per_axis(value, axes: int):
+    return (value,) * axes if isinstance(value, int) else value
 
 
 def _check_patch(argument: str, value):

@@ -34,6 +34,9 @@ PIPELINE_CHECK = "saliencekit check failed: "
 #: slow stage, two batches keep it fed, and memory stays bounded by a known number.
 PREFETCH = 2
 
+#: The batch an unbatched Dataset (one input per element) is read in with ``batch_size=None``.
+UNBATCHED_BATCH = 64
+
 
 @dataclass
 class Batches:
@@ -271,7 +274,7 @@ def from_arrays(
     inputs: Any,
     targets: Any,
     *,
-    batch_size: int,
+    batch_size: int | None,
     model_input_shape: tuple | None,
     output_shape: Callable[[tuple], tuple],
     rules: TargetRules | None,
@@ -323,7 +326,8 @@ def from_arrays(
         encoded = encode_targets(targets, count, rules, out_shape)
     # one short batch when the inputs are fewer than batch_size (rounded up to a multiple
     # of the replicas of a distribution strategy)
-    size = min(batch_size, -(-count // multiple_of) * multiple_of)
+    whole = -(-count // multiple_of) * multiple_of
+    size = whole if batch_size is None else min(batch_size, whole)  # None: all at once
 
     def source(skip):
         if count == size and not skip:  # one batch: no slicing, no padding
@@ -375,7 +379,7 @@ def from_dataset(
     dataset: tf.data.Dataset,
     targets: Any,
     *,
-    batch_size: int,
+    batch_size: int | None,
     model_input_shape: tuple | None,
     output_shape: Callable[[tuple], tuple],
     rules: TargetRules | None,
@@ -394,6 +398,18 @@ def from_dataset(
         model_shapes = [tuple(spec.shape) for spec in tf.nest.flatten(input_structure)]
     else:
         x_specs, as_given, model_shapes = [x_spec], None, [model_input_shape]
+    if all(model_shape is not None and spec.shape.rank == len(model_shape)
+           for spec, model_shape in zip(x_specs, model_shapes)):
+        # elements of one input each (xplique takes such Datasets): batched here
+        return from_dataset(
+            dataset.batch(batch_size or UNBATCHED_BATCH), targets, batch_size=batch_size,
+            model_input_shape=model_input_shape, output_shape=output_shape, rules=rules,
+            input_structure=input_structure)
+    if batch_size is None:  # all at once: the Dataset's own batches, padded to its first's
+        batch_size = x_specs[0].shape[0]
+        if batch_size is None:
+            first = next(iter(dataset.take(1)))
+            batch_size = int(tf.nest.flatten(_split_element(first, structured)[0])[0].shape[0])
     sample_shapes = []
     for spec, model_shape in zip(x_specs, model_shapes):
         _check_dtype("inputs", spec.dtype)

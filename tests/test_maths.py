@@ -366,7 +366,8 @@ def test_integrated_gradients_of_a_linear_model_is_exact_for_any_steps(rng, step
     w = rng.normal(size=(5, 3)).astype("float32")
     x = rng.normal(size=(3, 5)).astype("float32")
     baseline = rng.normal(size=5).astype("float32")
-    maps = IntegratedGradients(linear_model(w), steps=steps, baseline=baseline)(x, [0, 1, 2])
+    maps = IntegratedGradients(linear_model(w), steps=steps, baseline_value=baseline)(
+        x, [0, 1, 2])
     np.testing.assert_allclose(maps.numpy(), w[:, [0, 1, 2]].T * (x - baseline), rtol=1e-4,
                                atol=1e-5)
 
@@ -392,15 +393,15 @@ def test_integrated_gradients_baselines():
     model = linear_model(w)
     x = np.array([[1.0, 2.0, 3.0]], "float32")
     explain = lambda baseline: IntegratedGradients(
-        model, steps=3, baseline=baseline, operator="regression")(x).numpy()
+        model, steps=3, baseline_value=baseline, operator="regression")(x).numpy()
     np.testing.assert_allclose(explain(0.5), w[:, 0] * (x - 0.5), rtol=1e-6)
     np.testing.assert_allclose(explain([1.0, 0.0, 1.0]), w[:, 0] * (x - [1, 0, 1]), rtol=1e-6)
     np.testing.assert_allclose(explain(lambda inputs: inputs / 2), w[:, 0] * x / 2, rtol=1e-6)
-    with pytest.raises(ValueError, match="baseline: expected an array broadcasting"):
+    with pytest.raises(ValueError, match="baseline_value: expected an array broadcasting"):
         explain([1.0, 2.0])
-    with pytest.raises(ValueError, match="baseline: expected a callable returning baselines"):
+    with pytest.raises(ValueError, match="baseline_value: expected a callable returning baselines"):
         explain(lambda inputs: inputs[:, :2])
-    with pytest.raises(TypeError, match="baseline: expected a number"):
+    with pytest.raises(TypeError, match="baseline_value: expected a number"):
         explain("black")
     with pytest.raises(ValueError, match="steps: expected an integer >= 1, got 0"):
         IntegratedGradients(model, steps=0)
