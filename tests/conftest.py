@@ -35,3 +35,24 @@ def images():
 @pytest.fixture
 def labels():
     return np.array([0, 1, 2, 3, 0, 1, 2])
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true",
+                     help="also run the tests marked slow (thorough variants)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: a thorough variant of a test the suite runs in a smaller form; "
+        "runs with --slow or SALIENCEKIT_PROFILE=thorough")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow variants are deselected (not skipped) unless asked for."""
+    if config.getoption("--slow") or os.environ.get("SALIENCEKIT_PROFILE") == "thorough":
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
