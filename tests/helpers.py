@@ -116,7 +116,7 @@ def explainer_factories():
         "GuidedBackprop": lambda m, **kw: GuidedBackprop(m, **kw),
         "DeconvNet": lambda m, **kw: DeconvNet(m, **kw),
         "ScoreCAM": lambda m, **kw: ScoreCAM(m, **kw),
-        # the helpers' models have a fixed input size: flips only
+        # flips only: the zoomed views of fixed-size models are tested in test_meta.py
         "TTASaliency": lambda m, **kw: TTA(Saliency(m, **kw), scales=(), hflip=True),
         **black_box_factories(),
     }
