@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Tasks", "__version__", "attributions", "commons", "operators"]
+__all__ = ["Tasks", "__version__", "attributions", "commons", "load_model", "metrics",
+           "operators"]
 
-_SUBPACKAGES = ("attributions", "commons", "operators")
+_SUBPACKAGES = ("attributions", "commons", "metrics", "operators")
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from . import attributions, commons, operators
+    from . import attributions, commons, metrics, operators
+    from .commons.model import load_model
     from .operators import Tasks
 
 
@@ -31,6 +33,8 @@ def __getattr__(name: str) -> Any:
         return importlib.import_module(f"{__name__}.{name}")
     if name == "Tasks":
         return importlib.import_module(f"{__name__}.operators").Tasks
+    if name == "load_model":  # keras.models.load_model that opens Keras 2 .h5 files too
+        return importlib.import_module(f"{__name__}.commons.model").load_model
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -131,6 +131,42 @@ def _is_tf_keras(model: Any) -> bool:
     return any(cls.__module__.startswith("tf_keras") for cls in type(model).__mro__)
 
 
+def _tolerant(layer_class: type, dropped: dict) -> type:
+    """``layer_class`` whose ``from_config`` drops keyword arguments that Keras 2 wrote in
+    ``.h5`` configs and Keras 3 refuses (only with the value Keras 2 always wrote)."""
+
+    def from_config(cls, config):
+        config = {k: v for k, v in config.items() if not (k in dropped and v == dropped[k])}
+        return super(tolerant, cls).from_config(config)
+
+    tolerant = type(layer_class.__name__, (layer_class,), {
+        "from_config": classmethod(from_config), "__module__": __name__})
+    return tolerant
+
+
+@functools.cache
+def _keras2_compatible() -> dict:
+    """Keras 3 refuses ``groups=1`` in the configs of these layers, which every Keras 2 (TF
+    2.x) ``.h5`` file has (keras-team/keras#19151, #19441): MobileNet, EfficientNet, ..."""
+    names = ("DepthwiseConv1D", "DepthwiseConv2D", "Conv1DTranspose", "Conv2DTranspose",
+             "Conv3DTranspose")
+    return {name: _tolerant(getattr(keras.layers, name), {"groups": 1})
+            for name in names if hasattr(keras.layers, name)}
+
+
+def load_model(path: str | os.PathLike, compile: bool = False, custom_objects=None):
+    """``keras.models.load_model`` that also opens the ``.h5`` files Keras 2 (TF 2.x) wrote.
+
+    Keras 3 refuses such a file when it has a depthwise or transposed convolution
+    (``Unrecognized keyword arguments passed to DepthwiseConv2D: {'groups': 1}``); this
+    loads those layers as Keras 3's own, ignoring the argument. A model declared with
+    one-element input/output lists (as such files load) is explained as the single-input,
+    single-output model it is. ``compile=False`` by default: explaining needs no optimizer.
+    """
+    objects = {**_keras2_compatible(), **(custom_objects or {})}
+    return keras.models.load_model(path, compile=compile, custom_objects=objects)
+
+
 def _tf_keras_graph(model: Any, argument: str):
     """A Keras 3 copy of a ``tf_keras`` functional or Sequential model (through an HDF5
     file, the format both Keras read), for methods that need the layers."""
@@ -140,7 +176,7 @@ def _tf_keras_graph(model: Any, argument: str):
             warnings.filterwarnings("ignore", message=".*HDF5 file", category=UserWarning)
             path = os.path.join(folder, "model.h5")
             model.save(path, include_optimizer=False)
-            return keras.models.load_model(path, compile=False)
+            return load_model(path)
     except Exception as error:
         raise validation.type_error(
             argument, "a Keras 3 functional or Sequential model (this method needs the "

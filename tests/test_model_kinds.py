@@ -390,3 +390,52 @@ def test_models_table(tmp_path, name, kind):
     for leaf in tf.nest.flatten(maps):
         assert leaf.shape[0] == 3 and np.isfinite(leaf.numpy()).all()
         assert np.abs(leaf.numpy()).sum() > 0
+
+
+def keras2_depthwise_h5(tmp_path):
+    """A Keras 2 model with the layers whose .h5 configs Keras 3 refuses ('groups': 1)."""
+    tf_keras.utils.set_random_seed(0)
+    inputs = tf_keras.Input((8, 8, 1))
+    x = tf_keras.layers.DepthwiseConv2D(3, padding="same", activation="relu")(inputs)
+    x = tf_keras.layers.Conv2D(4, 3, strides=2, padding="same", activation="relu")(x)
+    x = tf_keras.layers.Conv2DTranspose(4, 3, strides=2, padding="same", activation="relu")(x)
+    x = tf_keras.layers.GlobalAveragePooling2D()(x)
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(3)(x))
+    path = str(tmp_path / "depthwise.h5")
+    model.save(path)
+    return model, path
+
+
+def test_keras2_h5_with_depthwise_and_transposed_convolutions(tmp_path):
+    import saliencekit
+
+    old, path = keras2_depthwise_h5(tmp_path)
+    with pytest.raises(TypeError, match="groups"):  # what Keras 3 alone says
+        keras.models.load_model(path, compile=False)
+    loaded = saliencekit.load_model(path)
+    np.testing.assert_allclose(loaded(X).numpy(), old(X).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(Saliency(loaded)(X, Y).numpy(),
+                               reference_gradients(lambda v: old(v, training=False), X, Y),
+                               rtol=1e-5, atol=1e-6)
+    cam = GradCAM(old)  # graph methods convert the tf_keras model the same way
+    assert cam.conv_layer_name == GradCAM(loaded).conv_layer_name
+    np.testing.assert_allclose(cam(X, Y).numpy(), GradCAM(loaded)(X, Y).numpy(), rtol=1e-5,
+                               atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_keras2_keras_applications_h5_file(tmp_path):
+    """MobileNetV2 (depthwise convolutions) saved by Keras 2, as the files people have."""
+    import saliencekit
+
+    old = tf_keras.applications.MobileNetV2(weights=None, input_shape=(64, 64, 3), alpha=0.35,
+                                            classes=5)
+    old.save(str(tmp_path / "mobilenet.h5"))
+    loaded = saliencekit.load_model(str(tmp_path / "mobilenet.h5"))
+    x = np.random.default_rng(0).random((2, 64, 64, 3)).astype("float32") * 2 - 1
+    for name in ("Saliency", "GradCAM", "FullGrad", "GuidedBackprop", "Occlusion"):
+        a = FACTORIES[name](loaded, output_layer="logits") if name != "Occlusion" else (
+            FACTORIES[name](loaded))
+        maps = a(x, [0, 1]).numpy()
+        assert maps.shape == (2, 64, 64, 1) and np.isfinite(maps).all(), name
+    assert GradCAM(loaded).conv_layer_name.endswith("out_relu")
