@@ -59,6 +59,13 @@ class _GridSensitivity(SampledExplainer):
             return box_blur(inputs, _BLUR)
         return None
 
+    def _base_context(self, inputs) -> dict:
+        baseline = self._baseline(inputs)
+        context = {"ids": self._ids(inputs), "baseline": baseline}
+        if baseline is not None:  # x * M + (1 - M) * b = b + M * (x - b): one multiply-add
+            context["difference"] = inputs - baseline
+        return context
+
     def _apply(self, inputs, values, context):
         """Perturbed copies ``(copies, B, H, W, C)`` for cell values ``(copies, B, d)``."""
         masks = tf.gather(values, context["ids"], axis=2)[..., None]  # (copies, B, H, W, 1)
@@ -66,7 +73,7 @@ class _GridSensitivity(SampledExplainer):
         if function == "inpainting":  # x * M (xplique: x * M + (1 - M) * 0)
             return inputs[None] * masks
         if function == "blurring":
-            return inputs[None] * masks + (1.0 - masks) * context["baseline"][None]
+            return context["baseline"][None] + masks * context["difference"][None]
         if function == "amplitude":  # xplique's: x * (M - 0.5) * sigma, sigma = 1
             return inputs[None] * (masks - 0.5)
         per_input = tf.map_fn(  # a user's f(input) -> g(masks (n, H, W, 1))
@@ -188,7 +195,7 @@ class SobolAttributionMethod(_GridSensitivity):
 
     def _setup(self, inputs, targets, seeds):
         d = self._dimension(inputs)
-        context = {"ids": self._ids(inputs), "baseline": self._baseline(inputs)}
+        context = self._base_context(inputs)
         if callable(self.sampler):  # a user's [A; B; C], the same for every input
             design = np.asarray(self.sampler(d, self.nb_design), np.float32)
             expected = (self.nb_design * (d + 2), d)
@@ -375,7 +382,7 @@ class HsicAttributionMethod(_GridSensitivity):
         return self.nb_design
 
     def _setup(self, inputs, targets, seeds):
-        context = {"ids": self._ids(inputs), "baseline": self._baseline(inputs)}
+        context = self._base_context(inputs)
         if callable(self.sampler):
             d = self._dimension(inputs)
             design = np.asarray(self.sampler(d, self.nb_design), np.float32)
@@ -384,10 +391,15 @@ class HsicAttributionMethod(_GridSensitivity):
                     "sampler", f"a callable returning ({self.nb_design}, {d}) binary masks",
                     f"shape {design.shape}")
             context["table"] = tf.constant(design)
+        else:  # every design once, before the sample loop (_finish reads them all too)
+            context["designs"] = self._masks(tf.range(self.nb_design), seeds, context,
+                                             self._dimension(inputs))
         return context
 
     def _masks(self, index, seeds, context, d):
         """Binary cell values ``(n, B, d)`` of designs ``index`` (``(n,)``)."""
+        if "designs" in context:
+            return tf.gather(context["designs"], index)
         if "table" in context:
             rows = tf.gather(context["table"], index)
             return tf.broadcast_to(rows[:, None], tf.stack([tf.shape(index)[0],

@@ -124,6 +124,9 @@ class Lime(SampledExplainer):
         super().__init__(model, batch_size=batch_size_for(batch_size, self.nb_samples),
                          operator=operator, jit_compile=jit_compile, strategy=strategy)
 
+    #: whether samples are weighted by their similarity to the input (Kernel SHAP's are not)
+    _weighted_by_similarity = True
+
     def _set_interpretable_model(self, interpretable_model, jit_compile):
         if not all(callable(getattr(interpretable_model, a, None)) for a in ("fit", "predict")):
             raise validation.type_error(
@@ -187,9 +190,25 @@ class Lime(SampledExplainer):
             ref = 0.5 if inputs.shape.rank == 4 and inputs.shape[-1] == 3 else 0.0
         if inputs.shape.rank >= 3:  # a number or one value per channel
             ref = tf.broadcast_to(tf.cast(ref, tf.float32), inputs.shape[-1:])
-        context = {"inputs": inputs, "ids": tf.reshape(ids, (tf.shape(ids)[0], -1)),
-                   "features": features, "present": tf.cast(present, tf.float32),
-                   "ref": tf.cast(ref, tf.float32)}
+        ref = tf.cast(ref, tf.float32)
+        ids = tf.reshape(ids, (tf.shape(ids)[0], -1))
+        # hoisted out of the sample loop: a copy is ref + m * (x - ref), one multiply-add
+        # per chunk; and its squared distance to x, sum over positions of (1 - m)^2 times
+        # the position's sum over channels of (x - ref)^2, is per feature g
+        # sum_g (1 - z_g)^2 E_g with E_g that sum over g's positions, computed once here
+        offset = inputs - ref
+        context = {"inputs": inputs, "ids": ids, "features": features,
+                   "present": tf.cast(present, tf.float32), "ref": ref, "offset": offset}
+        if (self._weighted_by_similarity and self._similarity is None
+                and self.distance_mode == "euclidean"):
+            energy = tf.square(offset)
+            if inputs.shape.rank >= 3:
+                energy = tf.reduce_sum(energy, -1)
+            energy = tf.reshape(energy, tf.shape(ids))
+            rows_in_batch = tf.shape(ids)[0]
+            segments = ids + features * tf.range(rows_in_batch)[:, None]
+            context["energy"] = tf.reshape(tf.math.unsorted_segment_sum(
+                energy, segments, rows_in_batch * features), tf.stack([rows_in_batch, features]))
         if self._pertub is not None:
             context["designs"] = tf.map_fn(  # (B, n, M), one call per input, as xplique
                 lambda _: tf.cast(self._pertub(features, self.nb_samples), tf.float32),
@@ -215,11 +234,14 @@ class Lime(SampledExplainer):
         masks = tf.reshape(masks, tf.concat([tf.shape(z)[:2], space], 0))
         if inputs.shape.rank >= 3:
             masks = masks[..., None]
-        perturbed = inputs[None] * masks + (1.0 - masks) * context["ref"]
+        perturbed = context["offset"][None] * masks + context["ref"]
         return perturbed, (z, perturbed)
 
-    def _similarities(self, inputs, z, perturbed):
+    def _similarities(self, inputs, z, perturbed, context=None):
         """``(copies, B)`` sample weights."""
+        if context is not None and "energy" in context:  # euclidean, from the features
+            distance2 = tf.reduce_sum(tf.square(1.0 - z) * context["energy"][None], -1)
+            return tf.exp(-distance2 / self.kernel_width**2)
         if self._similarity is not None:
             def one(args):
                 x, zi, pi = args
@@ -244,17 +266,17 @@ class Lime(SampledExplainer):
         if self._in_kernel:
             size = context["features"] + 1
             batch = tf.shape(inputs)[0]
-            return (tf.zeros(tf.stack([batch, size, size]), tf.float64),
+            return (tf.zeros(tf.stack([batch, size, size]), tf.float32),
                     tf.zeros(tf.stack([batch, size]), tf.float64))
         return tuple(tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False)
                      for _ in range(3))
 
     def _update(self, state, index, sample, valid, aux, scores, context):
         z, perturbed = aux
-        weights = self._similarities(context["inputs"], z, perturbed)
+        weights = self._similarities(context["inputs"], z, perturbed, context)
         weights = weights * tf.cast(valid, tf.float32)[:, None]
         if self._in_kernel:
-            gram, moment = linear.statistics(z, scores, weights)
+            gram, moment = linear.statistics(z, scores, weights, tf.float32)
             return state[0] + gram, state[1] + moment
         i = tf.cast(index, tf.int32)
         return state[0].write(i, z), state[1].write(i, scores), state[2].write(i, weights)
@@ -385,6 +407,8 @@ class KernelShap(Lime):
                      "distance_mode", "kernel_width", "prob"):
             delattr(self, name)
 
+    _weighted_by_similarity = False
+
     def _interpretable(self, seeds, sample, context):
         present = context["present"][None]  # (1, B, M)
         features = tf.reduce_sum(present, -1, keepdims=True)  # (1, B, 1): each input's M
@@ -413,7 +437,7 @@ class KernelShap(Lime):
     def _initial(self, inputs, context):
         size = context["features"] + 1
         batch = tf.shape(inputs)[0]
-        return (tf.zeros(tf.stack([batch, size, size]), tf.float64),
+        return (tf.zeros(tf.stack([batch, size, size]), tf.float32),  # counts: exact
                 tf.zeros(tf.stack([batch, size]), tf.float64),
                 tf.zeros(tf.stack([batch]), tf.float32), tf.zeros(tf.stack([batch]), tf.float32))
 
@@ -421,7 +445,7 @@ class KernelShap(Lime):
         z, _ = aux
         gram, moment, full, empty = state
         drawn = tf.cast(valid & (sample >= 2), tf.float32)[:, None] * tf.ones_like(scores)
-        g, h = linear.statistics(z, scores, drawn)
+        g, h = linear.statistics(z, scores, drawn, tf.float32)
         full += tf.reduce_sum(scores * tf.cast((sample == 0) & valid, tf.float32)[:, None], 0)
         empty += tf.reduce_sum(scores * tf.cast((sample == 1) & valid, tf.float32)[:, None], 0)
         return gram + g, moment + h, full, empty
@@ -429,7 +453,8 @@ class KernelShap(Lime):
     def _finish(self, inputs, seeds, state, context):
         gram, moment, full, empty = state
         # the intercept is the empty coalition's score: regress y - f(x0) on z alone
-        moment = moment[:, :-1] - tf.cast(empty, tf.float64)[:, None] * gram[:, :-1, -1]
+        moment = moment[:, :-1] - tf.cast(empty, tf.float64)[:, None] * tf.cast(
+            gram[:, :-1, -1], tf.float64)
         values = linear.constrained_solve(gram[:, :-1, :-1], moment, full - empty,
                                           context["present"])
         return self._spread(inputs, values, context)

@@ -103,6 +103,13 @@ class Rise(SampledExplainer):
             "inputs", "tables (N, D), series (N, T, C) or images (N, H, W, C) for Rise",
             f"shape {tuple(inputs.shape)}")
 
+    def _setup(self, inputs, targets, seeds):
+        # hoisted out of the sample loop: x * m + (1 - m) * v = v + m * (x - v), one
+        # multiply-add per chunk (one multiply when v = 0) instead of four passes
+        if self.mask_value == 0:
+            return {"offset": inputs}
+        return {"offset": inputs - self.mask_value}
+
     def _initial(self, inputs, context):
         shape = tf.shape(inputs)[:-1] if inputs.shape.rank >= 3 else tf.shape(inputs)
         return tf.zeros(shape), tf.zeros(shape)
@@ -126,7 +133,9 @@ class Rise(SampledExplainer):
             masks = sampling.shifted_bilinear(flat, offsets, size)
             masks = tf.reshape(masks, tf.concat([copies_rows, masks.shape[1:]], 0))
         expanded = masks[..., None] if rank >= 3 else masks
-        perturbed = inputs[None] * expanded + (1.0 - expanded) * self.mask_value
+        perturbed = context["offset"][None] * expanded
+        if self.mask_value != 0:
+            perturbed += self.mask_value
         return perturbed, masks
 
     def _update(self, state, index, sample, valid, masks, scores, context):

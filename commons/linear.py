@@ -62,14 +62,18 @@ def constrained_solve(gram: tf.Tensor, moment: tf.Tensor, total: tf.Tensor,
     return tf.cast(solution[..., :-1], tf.float32)
 
 
-def statistics(z: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Augmented ``(G, h)`` (float64) of samples ``z`` ``(n, ..., M)``, ``y`` and ``w``
-    ``(n, ...)``, summed over the first axis."""
-    z = tf.cast(z, tf.float64)
-    augmented = tf.concat([z, tf.ones_like(z[..., :1])], -1)
-    weighted = augmented * tf.cast(w, tf.float64)[..., None]
+def statistics(z: tf.Tensor, y: tf.Tensor, w: tf.Tensor, gram_dtype: tf.DType = tf.float64
+               ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Augmented ``(G, h)`` of samples ``z`` ``(n, ..., M)``, ``y`` and ``w`` ``(n, ...)``,
+    summed over the first axis. ``h`` is float64 (a sum of scores, where an offset common to
+    every score cancels later); ``G`` is ``gram_dtype``: float32 halves the memory traffic of
+    the ``(..., M+1, M+1)`` accumulator of a sampling loop, and loses nothing measurable
+    when the weights are counts or bounded similarities (sums of numbers in [0, 1])."""
+    augmented = tf.concat([tf.cast(z, gram_dtype), tf.ones_like(z[..., :1], gram_dtype)], -1)
+    weighted = augmented * tf.cast(w, gram_dtype)[..., None]
     gram = tf.einsum("n...i,n...j->...ij", weighted, augmented)
-    moment = tf.einsum("n...i,n...->...i", weighted, tf.cast(y, tf.float64))
+    moment = tf.einsum("n...i,n...->...i", tf.cast(weighted, tf.float64),
+                       tf.cast(y, tf.float64))
     return gram, moment
 
 
