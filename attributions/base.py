@@ -11,6 +11,8 @@ the maps are concatenated once, or written to disk as they come
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 import os
 import warnings
@@ -19,7 +21,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from ..commons import data, postprocess, runner, sink, validation
+from ..commons import batch_ops, data, postprocess, runner, sink, validation
 from ..commons import model as inspect_model
 
 
@@ -247,6 +249,13 @@ class BlackBoxExplainer(runner.Runner):
             maps = postprocess.resize_spatial(maps, tuple(inputs.shape[1:-1]))
         return maps
 
+#: ``reducer="dot"``: token maps as the gradient's dot product with each token's embedding
+DOT = "dot"
+#: per context (thread, trace): ``{id(explainer): token ids}`` of the batch being explained
+_TOKEN_IDS: contextvars.ContextVar = contextvars.ContextVar("saliencekit_token_ids",
+                                                           default=None)
+
+
 class WhiteBoxExplainer(BlackBoxExplainer):
     """Base of gradient methods: adds rerouting to a chosen layer and gradients.
 
@@ -261,8 +270,25 @@ class WhiteBoxExplainer(BlackBoxExplainer):
         (``Dense(..., activation="softmax")``) or not (a layer named ``"logits"``, if the
         model has one, is taken instead). Softmax gradients mix every class.
     reducer : {"max", "mean", "min", "sum"} or None, default "max"
-        How image maps are reduced over channels; ``None`` keeps the channels.
+        How image maps are reduced over channels (token maps over the embedding
+        dimension); ``None`` keeps the channels. Token maps also take ``"dot"``: the
+        gradient's dot product with the token's embedding (gradient x input, signed; for
+        methods whose maps already multiply by the input, their sum).
+    input_layer : str, int or None, default None (found)
+        Token inputs (methods that take them: Saliency, GradientInput, IntegratedGradients
+        and the noisy family): gradients cannot be taken with respect to integer ids, so
+        they are taken at this layer's output ``(N, T, D)`` (a name or an index into
+        ``model.layers``; the model is not changed: the layer's output is fed on a rebuilt
+        graph) and reduced over ``D`` by ``reducer``, giving per-token maps ``(N, T)``.
+        ``None``: the first ``Embedding`` fed directly by the model's input, if there is
+        one (otherwise inputs are explained as they are). Noise and integration paths are
+        in that embedding space.
+    pad_id : int or None, default None
+        Tokens with this id get 0 (an ``Embedding(mask_zero=True)``'s id 0 always does).
     """
+
+    #: whether the method explains token inputs at an embedding (``input_layer``)
+    _token_inputs = False
 
     def __init__(
         self,
@@ -272,19 +298,52 @@ class WhiteBoxExplainer(BlackBoxExplainer):
         operator: Any = None,
         reducer: str | None = "max",
         *,
+        input_layer: str | int | None = None,
+        pad_id: int | None = None,
         jit_compile: bool = False,
         strategy: tf.distribute.Strategy | None = None,
     ):
         super().__init__(model, batch_size=batch_size, operator=operator, jit_compile=jit_compile,
                          strategy=strategy)
         self.reducer = reducer
-        self._reducer = postprocess.check_reducer(reducer)
+        self._reducer = postprocess.check_reducer(
+            None if reducer == DOT else reducer)  # "dot": token maps only, checked below
         self.output_layer = output_layer
-        if output_layer is not None and not inspect_model.has_graph(self._model):
+        if (output_layer is not None or input_layer is not None) and not \
+                inspect_model.has_graph(self._model):
+            with_what = "output_layer" if output_layer is not None else "input_layer"
             self._model = inspect_model.as_model(
-                model, needs_graph=True, argument="model (with output_layer)")
-        self._explained = inspect_model.channels_last(
-            inspect_model.differentiable(inspect_model.reroute(self._model, output_layer)))
+                model, needs_graph=True, argument=f"model (with {with_what})")
+        rerouted = inspect_model.reroute(self._model, output_layer)
+        self.input_layer = input_layer
+        self._tokens = None
+        if input_layer is not None and not self._token_inputs:
+            raise validation.value_error(
+                "input_layer", f"None for {type(self).__name__} (token inputs are explained "
+                "by Saliency, GradientInput, IntegratedGradients and the noisy family)",
+                repr(input_layer))
+        if self._token_inputs:
+            if self._input_structure is None:
+                self._tokens = inspect_model.tokens(rerouted, input_layer)
+            elif input_layer is not None:
+                raise validation.value_error(
+                    "input_layer", "None for a multi-input model (token inputs are explained "
+                    "for models with one input)", repr(input_layer))
+        if pad_id is not None and (self._tokens is None or isinstance(pad_id, bool) or
+                                   not isinstance(pad_id, int)):
+            raise validation.value_error(
+                "pad_id", "None, or an int for a model explained at an embedding "
+                "(input_layer)" if self._tokens is None else "an int token id", repr(pad_id))
+        self.pad_id = pad_id
+        if reducer == DOT and self._tokens is None:
+            raise validation.value_error(
+                "reducer", f"None or one of {sorted(postprocess.REDUCERS)} ('dot' is for "
+                "token inputs explained at an embedding)", repr(reducer))
+        if self._tokens is not None:
+            self.input_layer = self._tokens.path
+            self._explained = self._tokens.model
+        else:
+            self._explained = inspect_model.channels_last(inspect_model.differentiable(rerouted))
         # an output_layer is the user's choice: only the model's own output is questioned
         final = inspect_model.final_activation(self._model) if output_layer is None else None
         if final is not None:
@@ -298,6 +357,65 @@ class WhiteBoxExplainer(BlackBoxExplainer):
                 UserWarning,
                 stacklevel=3,
             )
+
+    # -- token inputs ---------------------------------------------------------------------
+    #: the map is already multiplied by the input (``"dot"`` is then its sum)
+    _times_input = False
+
+    def _magnitude(self, values: tf.Tensor) -> tf.Tensor:
+        """``|values|``, but signed values for ``reducer="dot"`` (gradient x input)."""
+        return values if self.reducer == DOT else tf.abs(values)
+
+    @contextlib.contextmanager
+    def _explaining_tokens(self, ids: tf.Tensor):
+        """Within the block, :meth:`_forward` takes embeddings of the tokens ``ids``."""
+        token = _TOKEN_IDS.set({**(_TOKEN_IDS.get() or {}), id(self): ids})
+        try:
+            yield
+        finally:
+            _TOKEN_IDS.reset(token)
+
+    def _token_ids(self) -> tf.Tensor | None:
+        return (_TOKEN_IDS.get() or {}).get(id(self))
+
+    def _forward(self, inputs):
+        ids = self._token_ids()
+        if ids is None:
+            return super()._forward(inputs)
+        # embeddings of copies of the batch (noisy samples, path points), sample-major:
+        # the ids (which give the padding mask) are tiled alike
+        copies = tf.shape(inputs)[0] // tf.shape(ids)[0]
+        with inspect_model.feeding(self._tokens.fed, inputs):
+            tiled = tf.ensure_shape(batch_ops.tile(ids, copies), (None, *ids.shape[1:]))
+            outputs = self._explained(tiled, training=False)
+        return tf.nest.map_structure(lambda output: tf.cast(output, tf.float32), outputs)
+
+    def _embed(self, ids: tf.Tensor) -> tf.Tensor:
+        """The embedding layer's output for ``ids``, float32 ``(B, T, D)``."""
+        return tf.cast(self._tokens.embed(ids, training=False), tf.float32)
+
+    def _explain_step(self, inputs, targets, offset, seed):
+        if self._tokens is None:
+            return super()._explain_step(inputs, targets, offset, seed)
+        targets = self._resolve_targets(inputs, targets)
+        embedded = self._embed(inputs)
+        with self._explaining_tokens(inputs):
+            maps = tf.cast(self._batch(embedded, targets, runner.seeds(inputs, offset, seed)),
+                           tf.float32)
+        if self.reducer == DOT:
+            maps = tf.reduce_sum(maps if self._times_input else maps * embedded, axis=-1)
+        elif self._reducer is not None:
+            maps = postprocess.REDUCERS[self._reducer](maps, axis=-1)
+        padding = None
+        if self.pad_id is not None:
+            padding = tf.equal(tf.cast(inputs, tf.int64), self.pad_id)
+        if self._tokens.mask_zero:
+            zero = tf.equal(tf.cast(inputs, tf.int64), 0)
+            padding = zero if padding is None else padding | zero
+        if padding is not None:
+            keep = 1.0 - tf.cast(padding, tf.float32)
+            maps = maps * (keep if maps.shape.rank == 2 else keep[..., None])
+        return maps
 
     def _check_batches(self, batches: data.Batches) -> None:
         super()._check_batches(batches)

@@ -31,8 +31,10 @@ class Saliency(WhiteBoxExplainer):
     (2, 4)
     """
 
+    _token_inputs = True
+
     def _batch(self, inputs, targets, seeds):
-        return tf.nest.map_structure(tf.abs, self._gradients(inputs, targets))
+        return tf.nest.map_structure(self._magnitude, self._gradients(inputs, targets))
 
 
 class _SampledGradients(WhiteBoxExplainer):
@@ -48,6 +50,7 @@ class _SampledGradients(WhiteBoxExplainer):
 
     #: whether the statistic needs the running sum of squared deviations
     _needs_m2 = False
+    _token_inputs = True
     nb_samples: int
 
     def _points(self, inputs: tf.Tensor, seeds: tf.Tensor, sample: tf.Tensor,
@@ -135,6 +138,8 @@ class _NoisyGradients(_SampledGradients):
         noise: float = 0.2,
         *,
         seed: int | None = None,
+        input_layer: str | int | None = None,
+        pad_id: int | None = None,
         jit_compile: bool = False,
         strategy: tf.distribute.Strategy | None = None,
     ):
@@ -147,6 +152,8 @@ class _NoisyGradients(_SampledGradients):
             batch_size=batch_size,
             operator=operator,
             reducer=reducer,
+            input_layer=input_layer,
+            pad_id=pad_id,
             jit_compile=jit_compile,
             strategy=strategy,
         )
@@ -191,7 +198,7 @@ class SmoothGrad(_NoisyGradients):
     """
 
     def _statistic(self, inputs, mean, m2):
-        return tf.abs(mean)
+        return self._magnitude(mean)
 
 
 class SquareGrad(_NoisyGradients):
@@ -254,6 +261,8 @@ class GradientInput(WhiteBoxExplainer):
         operator: Any = None,
         reducer: str | None = "sum",
         *,
+        input_layer: str | int | None = None,
+        pad_id: int | None = None,
         jit_compile: bool = False,
         strategy: tf.distribute.Strategy | None = None,
     ):
@@ -263,9 +272,14 @@ class GradientInput(WhiteBoxExplainer):
             batch_size=batch_size,
             operator=operator,
             reducer=reducer,
+            input_layer=input_layer,
+            pad_id=pad_id,
             jit_compile=jit_compile,
             strategy=strategy,
         )
+
+    _token_inputs = True
+    _times_input = True
 
     def _batch(self, inputs, targets, seeds):
         return tf.nest.map_structure(tf.multiply, inputs, self._gradients(inputs, targets))
@@ -290,6 +304,9 @@ class IntegratedGradients(_SampledGradients):
     reducer : default "sum"
         Signed attributions are summed over channels, so that a map adds up to
         ``score(x) - score(x0)`` (completeness).
+    baseline_token : int or None, default None
+        Token inputs (see ``input_layer``): the path starts at the embedding of a sequence
+        of this token (e.g. the pad or ``[MASK]`` id) instead of ``baseline_value``.
 
     The path's points are gradient batches like SmoothGrad's noisy copies: memory is
     bounded by ``batch_size`` whatever ``steps`` is.
@@ -317,6 +334,9 @@ class IntegratedGradients(_SampledGradients):
         steps: int = 50,
         baseline_value: Any = 0.0,
         *,
+        baseline_token: int | None = None,
+        input_layer: str | int | None = None,
+        pad_id: int | None = None,
         jit_compile: bool = False,
         strategy: tf.distribute.Strategy | None = None,
     ):
@@ -329,18 +349,37 @@ class IntegratedGradients(_SampledGradients):
             batch_size=batch_size,
             operator=operator,
             reducer=reducer,
+            input_layer=input_layer,
+            pad_id=pad_id,
             jit_compile=jit_compile,
             strategy=strategy,
         )
+        if baseline_token is not None and (
+                self._tokens is None or isinstance(baseline_token, bool) or
+                not isinstance(baseline_token, int)):
+            raise validation.value_error(
+                "baseline_token", "None, or an int token id for a model explained at an "
+                "embedding (input_layer)", repr(baseline_token))
+        self.baseline_token = baseline_token
+
+    _times_input = True
+
+    def _baseline(self, inputs):
+        """``x0``; for token inputs with ``baseline_token``, the embedding of a sequence of
+        that token (the ids of the batch being explained give its length)."""
+        if self.baseline_token is None or self._tokens is None:
+            return self._baseline_fn(inputs)
+        ids = self._token_ids()
+        return self._embed(tf.fill(tf.shape(ids), tf.cast(self.baseline_token, ids.dtype)))
 
     def _points(self, inputs, seeds, sample, leaf=0):
-        baseline = self._baseline_fn(inputs)
+        baseline = self._baseline(inputs)
         alpha = (tf.cast(sample, tf.float32) + 0.5) / self.steps
         alpha = tf.reshape(alpha, [-1] + [1] * inputs.shape.rank)
         return baseline[None] + alpha * (inputs - baseline)[None]
 
     def _statistic(self, inputs, mean, m2):
-        return (inputs - self._baseline_fn(inputs)) * mean
+        return (inputs - self._baseline(inputs)) * mean
 
 
 def _baseline_function(baseline):

@@ -9,6 +9,8 @@ clone_function=lambda layer: layer)``, Keras' documented way to share layers.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
 import tempfile
@@ -31,6 +33,11 @@ class Node:
     path: str  # "outer/inner/layer" for layers of nested models
     output: Any  # KerasTensor
     pre_activation: Any = None  # KerasTensor, when the layer's activation was split off
+    #: the KerasTensors the call took (in this graph), positional then keyword
+    inputs: list = field(default_factory=list)
+    #: a MultiHeadAttention call's attention scores ``(N, heads, T_query, T_key)``, in a
+    #: graph flattened with ``attention_scores=True``
+    scores: Any = None
 
 
 @dataclass
@@ -376,7 +383,8 @@ def fused_activation(layer: keras.layers.Layer):
 
 
 def flatten(
-    model: Any, split_activations=None, argument: str = "model", substitute=None
+    model: Any, split_activations=None, argument: str = "model", substitute=None,
+    attention_scores: bool = False,
 ) -> Graph:
     """Rebuild ``model`` as one functional graph with nested models inlined.
 
@@ -384,6 +392,10 @@ def flatten(
     off, so that their pre-activation is a tensor of the graph (``Node.pre_activation``).
     ``substitute(layer) -> layer or None`` replaces layers in the rebuilt graph (the
     activation layers split off included); the user's model keeps its own.
+    ``attention_scores``: every ``MultiHeadAttention`` call goes through a fresh wrapper
+    layer that also returns its attention scores (``Node.scores``); calling the layer
+    itself again with ``return_attention_scores=True`` inside ``clone_model`` gives an
+    unconnected score tensor.
     Raises ``TypeError`` for a model without a graph (subclassed models).
     """
     if not has_graph(model):
@@ -394,7 +406,25 @@ def flatten(
             "Gradient and black-box methods (Saliency, SmoothGrad, Occlusion, ...) work on "
             "any model.",
         )
-    return _flatten(model, split_activations, substitute, prefix="")
+    return _flatten(model, split_activations, substitute, prefix="",
+                    attention_scores=attention_scores)
+
+
+def _keras_tensors(args, kwargs) -> list:
+    return [t for t in tf.nest.flatten((args, kwargs)) if isinstance(t, keras.KerasTensor)]
+
+
+class AttentionWithScores(keras.layers.Layer):
+    """A ``MultiHeadAttention`` layer's call returning ``(output, scores)``, its weights
+    shared (a new layer per call, so the scores are a tensor of the rebuilt graph)."""
+
+    def __init__(self, layer: keras.layers.Layer):
+        super().__init__(name=f"{layer.name}_with_scores", dtype=layer.dtype_policy)
+        self._wrapped = [layer]  # a list: not tracked as this layer's child
+
+    def call(self, *args, **kwargs):
+        kwargs["return_attention_scores"] = True
+        return self._wrapped[0](*args, **kwargs)
 
 
 def _new_inputs(model) -> list:
@@ -412,7 +442,8 @@ def _new_inputs(model) -> list:
     return [keras.Input(batch_shape=(None, *t.shape[1:]), dtype=t.dtype) for t in inputs]
 
 
-def _flatten(model, split_activations, substitute, prefix: str) -> Graph:
+def _flatten(model, split_activations, substitute, prefix: str,
+             attention_scores: bool = False) -> Graph:
     graph = Graph(inputs=_new_inputs(model), outputs=[])
 
     def replaced(layer):
@@ -420,23 +451,30 @@ def _flatten(model, split_activations, substitute, prefix: str) -> Graph:
 
     def call_layer(layer, *args, **kwargs):
         path = prefix + layer.name
+        given = _keras_tensors(args, kwargs)
         if has_graph(layer):
-            inner = _flatten(layer, split_activations, substitute, prefix=path + "/")
-            inner_model = inner.model([n.output for n in inner.nodes] + [
-                n.pre_activation for n in inner.nodes if n.pre_activation is not None
-            ], name=layer.name)
+            inner = _flatten(layer, split_activations, substitute, prefix=path + "/",
+                             attention_scores=attention_scores)
+            extras = [n.pre_activation for n in inner.nodes if n.pre_activation is not None]
+            extras += [n.scores for n in inner.nodes if n.scores is not None]
+            inner_model = inner.model([n.output for n in inner.nodes] + extras,
+                                      name=layer.name)
             results = inner_model(*args, **kwargs)
             results = results if isinstance(results, (list, tuple)) else [results]
             n_out, n_nodes = len(inner.outputs), len(inner.nodes)
             outputs, node_outputs = results[:n_out], results[n_out:n_out + n_nodes]
-            pre = iter(results[n_out + n_nodes:])
-            for node, output in zip(inner.nodes, node_outputs):
+            rest = iter(results[n_out + n_nodes:])
+            pre = [next(rest) if n.pre_activation is not None else None for n in inner.nodes]
+            scores = [next(rest) if n.scores is not None else None for n in inner.nodes]
+            # the inner graph's tensors, as this graph's
+            outer = {id(t): o for t, o in zip(inner.inputs, given)}
+            outer.update((id(n.output), o) for n, o in zip(inner.nodes, node_outputs))
+            for node, output, p, a in zip(inner.nodes, node_outputs, pre, scores):
                 graph.nodes.append(Node(
-                    node.layer, node.path, output,
-                    next(pre) if node.pre_activation is not None else None,
-                ))
+                    node.layer, node.path, output, p,
+                    [outer[id(t)] for t in node.inputs if id(t) in outer], a))
             # the nested model itself, as one node whose output is its output
-            graph.nodes.append(Node(layer, path, outputs[0]))
+            graph.nodes.append(Node(layer, path, outputs[0], inputs=given))
             return outputs[0] if len(outputs) == 1 else list(outputs)
         activation = fused_activation(layer)
         if split_activations is not None and activation is not None and split_activations(layer):
@@ -444,10 +482,15 @@ def _flatten(model, split_activations, substitute, prefix: str) -> Graph:
             output = replaced(
                 keras.layers.Activation(activation, name=f"{layer.name}_activation")
             )(pre_activation)
-            graph.nodes.append(Node(layer, path, output, pre_activation))
+            graph.nodes.append(Node(layer, path, output, pre_activation, given))
             return output
+        if attention_scores and isinstance(layer, keras.layers.MultiHeadAttention):
+            returns_scores = kwargs.pop("return_attention_scores", False)
+            output, scores = AttentionWithScores(layer)(*args, **kwargs)
+            graph.nodes.append(Node(layer, path, output, inputs=given, scores=scores))
+            return (output, scores) if returns_scores else output
         output = replaced(layer)(*args, **kwargs)
-        graph.nodes.append(Node(layer, path, output))
+        graph.nodes.append(Node(layer, path, output, inputs=given))
         return output
 
     if isinstance(model, keras.Sequential):
@@ -719,3 +762,99 @@ def hidden_bias(layer: keras.layers.Layer) -> bool:
     if isinstance(layer, keras.Model) or getattr(layer, "use_bias", False) is not True:
         return False
     return not _is_variable(getattr(layer, "bias", None))
+
+
+# -- token inputs: gradients at an embedding's output ---------------------------------------
+#: per context (thread, trace): ``{id(FedLayer): tensor}``, the outputs fed in place of
+#: layers' own while a kernel is traced (:func:`feeding`)
+_FED: contextvars.ContextVar = contextvars.ContextVar("saliencekit_fed", default=None)
+
+
+class FedLayer(keras.layers.Layer):
+    """A layer's stand-in in a rebuilt graph: the layer's own output (its weights shared),
+    or, inside :func:`feeding`, a given tensor in its place. Its mask is the layer's, computed
+    from the layer's inputs (an ``Embedding(mask_zero=True)``'s padding stays masked
+    whatever is fed), so the rest of the graph runs as in the user's model."""
+
+    def __init__(self, layer: keras.layers.Layer):
+        super().__init__(name=f"{layer.name}_fed", dtype=layer.dtype_policy)
+        self._wrapped = [layer]  # a list: not tracked as this layer's child
+        self.supports_masking = True
+
+    def call(self, inputs, *args, **kwargs):
+        fed = (_FED.get() or {}).get(id(self))
+        if fed is not None:
+            return tf.cast(fed, self.compute_dtype)
+        return self._wrapped[0](inputs, *args, **kwargs)
+
+    def compute_mask(self, inputs, mask=None):
+        return self._wrapped[0].compute_mask(inputs, mask)
+
+    def compute_output_spec(self, *args, **kwargs):
+        return self._wrapped[0].compute_output_spec(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def feeding(layer: FedLayer, tensor):
+    """Within the block, ``layer`` outputs ``tensor`` (in this thread and context only)."""
+    token = _FED.set({**(_FED.get() or {}), id(layer): tensor})
+    try:
+        yield
+    finally:
+        _FED.reset(token)
+
+
+@dataclass
+class Tokens:
+    """A model explained at the output of its token-embedding layer.
+
+    ``model`` takes the token ids (the user's model rebuilt, with the layer replaced by
+    ``fed``: feed embeddings with :func:`feeding`); ``embed`` maps ids to the layer's
+    output ``(N, T, D)``; ``mask_zero``: the layer masks id 0 (padding)."""
+
+    model: keras.Model
+    embed: keras.Model
+    fed: FedLayer
+    layer: keras.layers.Layer
+    path: str
+    mask_zero: bool
+
+
+def tokens(model: Any, input_layer: str | int | None, argument: str = "input_layer"
+           ) -> Tokens | None:
+    """The split of ``model`` at ``input_layer`` (a name or an index into
+    ``model.layers``), or with ``None`` at the first ``Embedding`` fed by a model input
+    directly (``None`` when there is none: not a token model)."""
+    if input_layer is None:
+        if not has_graph(model):
+            return None
+        try:
+            graph = flatten(model)
+        except (TypeError, ValueError):
+            return None
+        firsts = {id(t) for t in graph.inputs}
+        found = [n for n in graph.nodes if isinstance(n.layer, keras.layers.Embedding)
+                 and any(id(t) in firsts for t in n.inputs)]
+        if not found:
+            return None
+        node = found[0]
+    else:
+        graph = flatten(model, argument=f"model (with {argument})")
+        node = find_node(graph, model, input_layer, argument)
+    if len(graph.inputs) != 1:
+        raise validation.value_error(
+            argument, "a model with one input (token ids) to explain at an embedding",
+            f"a model with {len(graph.inputs)} inputs")
+    if has_graph(node.layer) or len(node.inputs) != 1 or len(node.output.shape) < 3:
+        raise validation.value_error(
+            argument, "a layer taking one tensor and giving one of shape (N, T, D) (an "
+            "Embedding, or a layer after it)", f"layer {node.path!r} with output shape "
+            f"{tuple(getattr(node.output, 'shape', ()))}")
+    fed = FedLayer(node.layer)
+    rebuilt = flatten(model, substitute=lambda layer: fed if layer is node.layer else None)
+    (embedding,) = [n for n in rebuilt.nodes if n.layer is node.layer][-1:]
+    return Tokens(
+        model=rebuilt.model(name=model.name),
+        embed=rebuilt.model(outputs=[embedding.output], name=f"{model.name}_embedding"),
+        fed=fed, layer=node.layer, path=node.path,
+        mask_zero=bool(getattr(node.layer, "mask_zero", False)))

@@ -1,0 +1,178 @@
+"""Token inputs: gradient methods at the embedding output, per-token maps (issue 15)."""
+
+import keras
+import numpy as np
+import pytest
+
+from saliencekit.attributions import (
+    GradCAM,
+    GradientInput,
+    IntegratedGradients,
+    Occlusion,
+    Saliency,
+    SmoothGrad,
+    SquareGrad,
+    VarGrad,
+)
+
+VOCAB, DIM, LENGTH, CLASSES = 12, 5, 7, 3
+
+
+def bag_of_embeddings(mask_zero=True, seed=0):
+    """ids -> Embedding -> mean over (unmasked) tokens -> Dense without bias: the score of
+    class c is ``mean_t e_t . w_c``, so every attribution is computable by hand."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((LENGTH,), dtype="int32")
+    x = keras.layers.Embedding(VOCAB, DIM, mask_zero=mask_zero, name="embedding")(inputs)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, keras.layers.Dense(CLASSES, use_bias=False, name="head")(x))
+
+
+IDS = np.array([[3, 5, 1, 7, 0, 0, 0],
+                [2, 2, 9, 11, 4, 6, 8],
+                [10, 4, 0, 0, 0, 0, 0]], "int32")
+TARGETS = np.array([0, 2, 1])
+
+
+def by_hand(model, ids=IDS, targets=TARGETS, mask_zero=True):
+    """Per-token embeddings ``E (N, T, D)`` and gradients ``G = w_c / n`` (0 at padding)."""
+    table = model.get_layer("embedding").get_weights()[0]
+    w = model.get_layer("head").get_weights()[0]  # (D, C)
+    embeddings = table[ids]
+    kept = (ids != 0) if mask_zero else np.ones(ids.shape, bool)
+    count = kept.sum(1, keepdims=True)
+    gradients = (w.T[targets][:, None, :] / count[..., None]) * kept[..., None]
+    return embeddings, gradients
+
+
+def test_gradient_methods_give_per_token_maps_by_hand():
+    model = bag_of_embeddings()
+    embeddings, gradients = by_hand(model)
+    saliency = Saliency(model)
+    assert saliency.input_layer == "embedding"  # found: the Embedding fed by the input
+    maps = saliency(IDS, TARGETS).numpy()
+    assert maps.shape == IDS.shape
+    np.testing.assert_allclose(maps, np.abs(gradients).max(-1), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(Saliency(model, reducer="mean")(IDS, TARGETS).numpy(),
+                               np.abs(gradients).mean(-1), rtol=1e-5, atol=1e-7)
+    contributions = (embeddings * gradients).sum(-1)  # each token's share of the score
+    np.testing.assert_allclose(Saliency(model, reducer="dot")(IDS, TARGETS).numpy(),
+                               contributions, rtol=1e-5, atol=1e-7)
+    gi = GradientInput(model)(IDS, TARGETS).numpy()
+    np.testing.assert_allclose(gi, contributions, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(GradientInput(model, reducer="dot")(IDS, TARGETS).numpy(),
+                               contributions, rtol=1e-5, atol=1e-7)
+    # completeness: the tokens' shares add up to the score
+    scores = model(IDS).numpy()[np.arange(3), TARGETS]
+    np.testing.assert_allclose(gi.sum(1), scores, rtol=1e-5, atol=1e-6)
+    # reducer=None keeps the embedding dimension
+    assert Saliency(model, reducer=None)(IDS, TARGETS).shape == (*IDS.shape, DIM)
+
+
+def test_integrated_gradients_in_embedding_space():
+    model = bag_of_embeddings()
+    embeddings, gradients = by_hand(model)
+    ig = IntegratedGradients(model, steps=4)(IDS, TARGETS).numpy()
+    np.testing.assert_allclose(ig, (embeddings * gradients).sum(-1), rtol=1e-5, atol=1e-7)
+    # from the embedding of a given token (a linear model: exact with any steps)
+    table = model.get_layer("embedding").get_weights()[0]
+    ig = IntegratedGradients(model, steps=3, baseline_token=4)(IDS, TARGETS).numpy()
+    np.testing.assert_allclose(ig, ((embeddings - table[4]) * gradients).sum(-1),
+                               rtol=1e-5, atol=1e-6)
+    assert np.all(ig[IDS == 0] == 0)
+
+
+def test_padding_gets_zero_and_pad_id():
+    model = bag_of_embeddings(mask_zero=False)
+    embeddings, gradients = by_hand(model, mask_zero=False)
+    maps = GradientInput(model)(IDS, TARGETS).numpy()
+    np.testing.assert_allclose(maps, (embeddings * gradients).sum(-1), rtol=1e-5, atol=1e-7)
+    assert np.any(maps[IDS == 0] != 0)  # no mask: id 0 is a token like any other
+    padded = GradientInput(model, pad_id=0)(IDS, TARGETS).numpy()
+    assert np.all(padded[IDS == 0] == 0)
+    np.testing.assert_allclose(padded[IDS != 0], maps[IDS != 0])
+    with pytest.raises(ValueError, match="pad_id"):
+        GradientInput(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]), pad_id=0)
+
+
+def test_noisy_family_noise_in_embedding_space():
+    model = bag_of_embeddings()
+    _, gradients = by_hand(model)
+    # a linear model's gradient does not depend on the noise: SmoothGrad is Saliency
+    maps = SmoothGrad(model, nb_samples=5, noise=0.5, seed=0)(IDS, TARGETS).numpy()
+    np.testing.assert_allclose(maps, np.abs(gradients).max(-1), rtol=1e-5, atol=1e-7)
+    assert SquareGrad(model, nb_samples=3, seed=0)(IDS, TARGETS).shape == IDS.shape
+    np.testing.assert_allclose(VarGrad(model, nb_samples=3, seed=0)(IDS, TARGETS).numpy(), 0,
+                               atol=1e-7)
+
+
+def test_named_input_layer_after_position_embeddings():
+    """Token + position embeddings added: explained at the sum (a named layer)."""
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((LENGTH,), dtype="int32")
+    tokens = keras.layers.Embedding(VOCAB, DIM, name="tokens")(inputs)
+    positions = keras.layers.Embedding(LENGTH, DIM, name="positions")(
+        keras.ops.arange(LENGTH)[None])
+    x = keras.layers.Add(name="embedded")([tokens, positions])
+    x = keras.layers.Dense(4, activation="tanh")(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(CLASSES)(x))
+    assert Saliency(model).input_layer == "tokens"
+    ig = IntegratedGradients(model, steps=128, input_layer="embedded")
+    maps = ig(IDS, TARGETS).numpy()
+    # completeness in the space of the summed embeddings, from a zero baseline
+    embedded = keras.Model(inputs, model.get_layer("embedded").output)(IDS)
+    head = keras.Sequential(model.layers[-3:])
+    gap = (model(IDS).numpy() - head(np.zeros_like(embedded)).numpy())[np.arange(3), TARGETS]
+    np.testing.assert_allclose(maps.sum(1), gap, rtol=1e-3, atol=1e-4)
+
+
+def test_model_untouched_one_trace_and_batching():
+    model = bag_of_embeddings()
+    layers = len(model.layers)
+    weights = [w.copy() for w in model.get_weights()]
+    ids = np.random.default_rng(0).integers(0, VOCAB, (10, LENGTH)).astype("int32")
+    targets = np.arange(10) % CLASSES
+    explainer = SmoothGrad(model, batch_size=4, nb_samples=3, seed=1)
+    whole = explainer(ids, targets).numpy()
+    assert explainer._kernel.experimental_get_tracing_count() == 1
+    np.testing.assert_allclose(
+        SmoothGrad(model, batch_size=3, nb_samples=3, seed=1)(ids, targets).numpy(), whole,
+        rtol=1e-5, atol=1e-7)
+    assert len(model.layers) == layers
+    for before, after in zip(weights, model.get_weights()):
+        np.testing.assert_array_equal(before, after)
+    np.testing.assert_allclose(model(ids).numpy(), model(ids).numpy())
+
+
+def test_explain_to_tokens(tmp_path):
+    model = bag_of_embeddings()
+    store = GradientInput(model, batch_size=2).explain_to(tmp_path / "maps", IDS, TARGETS)
+    np.testing.assert_allclose(store.load(), GradientInput(model)(IDS, TARGETS).numpy(),
+                               rtol=1e-6)
+
+
+def test_input_layer_errors():
+    model = bag_of_embeddings()
+    with pytest.raises(ValueError, match="input_layer"):
+        Saliency(model, input_layer="nope")
+    with pytest.raises(ValueError, match="reducer"):
+        Saliency(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]), reducer="dot")
+    with pytest.raises(TypeError):
+        GradCAM(model, input_layer="embedding")  # not a token method
+
+
+def test_occlusion_replaces_tokens_by_an_id():
+    """Per token (patch 1 along T), replaced by the pad id: the drop is each token's share
+    of the mean, with the count changed (masked padding)."""
+    model = bag_of_embeddings()
+    maps = Occlusion(model, patch_size=1, occlusion_value=0)(IDS, TARGETS).numpy()
+    assert maps.shape == IDS.shape
+    expected = np.zeros(IDS.shape, np.float32)
+    base = model(IDS).numpy()[np.arange(3), TARGETS]
+    for t in range(LENGTH):
+        hidden = IDS.copy()
+        hidden[:, t] = 0
+        expected[:, t] = base - model(hidden).numpy()[np.arange(3), TARGETS]
+    np.testing.assert_allclose(maps, expected, rtol=1e-5, atol=1e-6)
+    assert np.all(maps[IDS == 0] == 0)
