@@ -45,7 +45,9 @@ class Batches:
     ``offset`` (an int64 scalar tensor) is the index of the batch's first row in the user's
     data; ``valid`` how many rows of the batch are real, or ``None`` when all are. Batch
     ``i`` starts at row ``i * batch_size``. ``count`` (inputs) and ``batch_count`` (batches)
-    are ``None`` when unknown before the end (a Dataset).
+    are ``None`` when unknown before the end (a Dataset). Built with ``extra`` (a per-row
+    structure, e.g. the maps a metric scores), each batch has a fifth element: its rows of
+    ``extra``, sliced and padded with the inputs.
     """
 
     sample_shape: tuple
@@ -280,6 +282,7 @@ def from_arrays(
     rules: TargetRules | None,
     multiple_of: int = 1,
     input_structure: Any = None,
+    extra: Any = None,
 ) -> Batches:
     if input_structure is None:
         names, values, model_shapes = ["inputs"], [inputs], [model_input_shape]
@@ -324,6 +327,7 @@ def from_arrays(
         encoded = None
     else:
         encoded = encode_targets(targets, count, rules, out_shape)
+    extras = _extra_leaves(extra, count)
     # one short batch when the inputs are fewer than batch_size (rounded up to a multiple
     # of the replicas of a distribution strategy)
     whole = -(-count // multiple_of) * multiple_of
@@ -331,7 +335,8 @@ def from_arrays(
 
     def source(skip):
         if count == size and not skip:  # one batch: no slicing, no padding
-            yield pack(tensors), encoded, tf.constant(0, tf.int64), None
+            yield (pack(tensors), encoded, tf.constant(0, tf.int64), None,
+                   *_extra_rows(extra, extras, 0, count, size))
             return
         for number, start in enumerate(range(0, count, size)):
             if number in skip:
@@ -344,10 +349,36 @@ def from_arrays(
                 x = [_pad(leaf, size) for leaf in x]
                 t = None if t is None else _pad(t, size)
                 valid = stop - start
-            yield pack(x), t, tf.constant(start, tf.int64), valid
+            yield (pack(x), t, tf.constant(start, tf.int64), valid,
+                   *_extra_rows(extra, extras, start, stop, size))
 
     return Batches(sample_shape, size, encoded is not None, source, count, -(-count // size),
                    structured=as_given is not None, as_given=as_given or (lambda maps: maps))
+
+
+def _extra_leaves(extra: Any, count: int | None) -> list:
+    """The leaves of ``extra`` (a per-row structure of arrays batched and padded with the
+    inputs, such as the maps a metric scores) as tensors of ``count`` rows."""
+    if extra is None:
+        return []
+    leaves = [tf.convert_to_tensor(leaf) for leaf in tf.nest.flatten(extra)]
+    for leaf in leaves:
+        if leaf.shape.rank == 0 or (count is not None and leaf.shape[0] != count):
+            raise validation.value_error(
+                "extra", f"one row per input ({count} along the first axis)",
+                f"shape {tuple(leaf.shape)}")
+    return leaves
+
+
+def _extra_rows(extra: Any, leaves: list, start: int, stop: int, size: int) -> tuple:
+    """``()`` without ``extra``, else ``(rows start:stop of it, padded to size,)``."""
+    if extra is None:
+        return ()
+    rows = [leaf[start:stop] if (start, stop) != (0, leaf.shape[0]) else leaf
+            for leaf in leaves]
+    if stop - start < size:
+        rows = [_pad(leaf, size) for leaf in rows]
+    return (tf.nest.pack_sequence_as(extra, rows),)
 
 
 def _split_element(spec, structured: bool = False):
@@ -384,6 +415,7 @@ def from_dataset(
     output_shape: Callable[[tuple], tuple],
     rules: TargetRules | None,
     input_structure: Any = None,
+    extra: Any = None,
 ) -> Batches:
     structured = input_structure is not None
     x_spec, y_spec = _split_element(dataset.element_spec, structured)
@@ -404,7 +436,7 @@ def from_dataset(
         return from_dataset(
             dataset.batch(batch_size or UNBATCHED_BATCH), targets, batch_size=batch_size,
             model_input_shape=model_input_shape, output_shape=output_shape, rules=rules,
-            input_structure=input_structure)
+            input_structure=input_structure, extra=extra)
     if batch_size is None:  # all at once: the Dataset's own batches, padded to its first's
         batch_size = x_specs[0].shape[0]
         if batch_size is None:
@@ -467,11 +499,29 @@ def from_dataset(
         return pack(checked), encode(y)
 
     def pad(index, batch):
+        rows = ()
+        if extra is not None:
+            batch, rows = batch
         valid = tf.shape(tf.nest.flatten(batch[0])[0])[0]
         padded = tf.nest.map_structure(lambda b: _pad(b, batch_size), batch)
-        return padded, index * batch_size, valid
+        if extra is not None:
+            given = tf.shape(tf.nest.flatten(rows)[0])[0]
+            check = tf.debugging.assert_equal(given, valid, message=PIPELINE_CHECK + (
+                validation.message("extra", "one row per input of the Dataset",
+                                   "fewer rows than the Dataset has inputs")))
+            with tf.control_dependencies([check]):
+                rows = (tf.nest.map_structure(lambda e: _pad(e, batch_size), rows),)
+        return (padded, index * batch_size, valid, *rows)
 
     batched = dataset.map(select, num_parallel_calls=tf.data.AUTOTUNE).rebatch(batch_size)
+    extras = _extra_leaves(extra, None)
+    if extra is not None:  # zipped batch by batch; an empty filler outlasts the inputs
+        leaves = tf.nest.pack_sequence_as(extra, extras)
+        filler = tf.nest.map_structure(lambda e: tf.zeros((0, *e.shape[1:]), e.dtype), leaves)
+        batched = tf.data.Dataset.zip((batched, tf.data.Dataset.from_tensor_slices(
+            leaves).batch(batch_size).concatenate(
+                tf.data.Dataset.from_tensors(filler).repeat())))
+
 
     def source(skip):
         pipeline = batched.enumerate()
@@ -483,13 +533,19 @@ def from_dataset(
             pipeline = pipeline.filter(
                 lambda index, _: ~tf.gather(skipped, tf.minimum(index, beyond)))
         pipeline = pipeline.map(pad, num_parallel_calls=tf.data.AUTOTUNE).prefetch(PREFETCH)
-        for padded, offset, valid in pipeline:
+        seen = 0
+        for padded, offset, valid, *rows in pipeline:
             t = padded[1] if len(padded) > 1 else None
             x = padded[0]
             if structured:
                 x = tf.nest.pack_sequence_as(input_structure, list(x))
             valid = int(valid)  # a host-side scalar of the pipeline: no device sync
-            yield x, t, offset, (None if valid == batch_size else valid)
+            seen += valid
+            yield (x, t, offset, (None if valid == batch_size else valid), *rows)
+        if extra is not None and not skip and seen != int(extras[0].shape[0]):
+            raise validation.value_error(
+                "extra", f"one row per input of the Dataset ({seen})",
+                f"{int(extras[0].shape[0])} rows")
 
     return Batches(sample_shape, batch_size, y_spec is not None, source,
                    structured=structured, as_given=as_given or (lambda maps: maps))

@@ -208,9 +208,12 @@ class Runner:
     def _check_batches(self, batches: data.Batches) -> None:
         """Checks of a method's own against the inputs' shape, before any trace."""
 
-    def _batches(self, inputs, targets) -> data.Batches:
+    def _batches(self, inputs, targets, extra=None) -> data.Batches:
+        """``extra``: a per-row structure batched and padded with the inputs and handed to
+        the kernel as its fifth argument (a metric's maps)."""
         if self._channels_first:
             inputs = data.channels_last(inputs)
+        more = {} if extra is None else {"extra": extra}
         batches = data.batches(
             inputs,
             targets,
@@ -220,6 +223,7 @@ class Runner:
             output_shape=self._output_shape,
             rules=self._target_rules,
             multiple_of=self._strategy.num_replicas_in_sync if self._strategy else 1,
+            **more,
         )
         self._check_batches(batches)
         return batches
@@ -257,7 +261,7 @@ class Runner:
                                           *tensor.shape[1:]), tensor.dtype)
                 return tf.nest.map_structure(one, tensors)
 
-            def distributed(inputs, targets, offset, seed):
+            def distributed(inputs, targets, offset, seed, *extra):
                 per_replica = batch_ops.batch_size(inputs) // replicas
                 # each replica's rows keep their index in the user's data, which keys noise
                 offsets = strategy.experimental_distribute_values_from_function(
@@ -269,9 +273,10 @@ class Runner:
                     scalar = tf.TensorSpec((), tf.int64)
                     step = kernel.get_concrete_function(
                         part_spec(inputs), None if targets is None else part_spec(targets),
-                        scalar, scalar)
+                        scalar, scalar, *[part_spec(e) for e in extra])
                 parts = strategy.run(step, args=(
-                    split(inputs), None if targets is None else split(targets), offsets, seed))
+                    split(inputs), None if targets is None else split(targets), offsets, seed,
+                    *[split(e) for e in extra]))
                 return tf.nest.map_structure(lambda part: strategy.gather(part, axis=0), parts)
 
             self._distributed[kernel] = tf.function(
@@ -300,8 +305,8 @@ class Runner:
         total = None if batches.batch_count is None else batches.batch_count - len(skip)
         progress = progress_lib.Progress(verbose, total)
         try:
-            for x, t, offset, valid in batches.iterate(skip):
-                out = kernel(x, t, offset, seed)
+            for x, t, offset, valid, *extra in batches.iterate(skip):
+                out = kernel(x, t, offset, seed, *extra)
                 if valid is not None:  # cut the padding off
                     out = tf.nest.map_structure(lambda o, v=valid: o[:v], out)
                 progress.update(batches.batch_size if valid is None else valid)
@@ -313,12 +318,12 @@ class Runner:
             raise
         progress.close()
 
-    def _run(self, kernel, inputs, targets, verbose="auto", maps=False):
+    def _run(self, kernel, inputs, targets, verbose="auto", maps=False, extra=None):
         """Feed every batch to ``kernel`` and concatenate its (nested) outputs once.
         ``maps``: the outputs are maps, one per input, put in the structure the user gave
-        the inputs in (a multi-input model's)."""
+        the inputs in (a multi-input model's). ``extra``: see :meth:`_batches`."""
         verbose = check_verbose(verbose)
-        batches = self._batches(inputs, targets)
+        batches = self._batches(inputs, targets, extra)
         seed = self._agreed_seed(self._draw_seed())
         parts = [out for _, out in self._stream(kernel, batches, seed, verbose)]
         if not parts:
