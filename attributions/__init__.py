@@ -42,3 +42,8 @@ from .lime import KernelShap, Lime
 from .rise import Rise
 
 __all__ += ["HsicAttributionMethod", "KernelShap", "Lime", "Rise", "SobolAttributionMethod"]
+
+# transformers (issue 15)
+from .attention import AttentionRollout, TransformerAttribution  # noqa: E402
+
+__all__ += ["AttentionRollout", "TransformerAttribution"]

@@ -52,7 +52,8 @@ def find_conv_node(graph, model, conv_layer, argument: str = "conv_layer", *,
     explicit layer's output must have."""
     rank = len(graph.inputs[map_input].shape)
     expected = "a layer with a spatial output " + (
-        "(N, H, W, C)" if rank == 4 else "(N, T, C)" if rank == 3 else f"of rank {rank}")
+        "(N, H, W, C) or tokens (N, T, D)" if rank == 4 else "(N, T, C)" if rank == 3 else
+        "tokens (N, T, D)" if rank == 2 else f"of rank {rank}")
     if conv_layer is None:
         if alignment is None:
             raise TypeError("find_conv_node: conv_layer=None needs the model's alignment")
@@ -71,7 +72,8 @@ def find_conv_node(graph, model, conv_layer, argument: str = "conv_layer", *,
                 "conv_layer= with a later layer.", UserWarning, stacklevel=3)
         return node
     node = inspect_model.find_node(graph, model, conv_layer, argument)
-    if len(node.output.shape) != rank or rank < 3:
+    tokens = len(node.output.shape) == 3 and rank in (2, 4)  # (N, T, D), a transformer's
+    if not tokens and (len(node.output.shape) != rank or rank < 3):
         raise validation.value_error(
             argument, expected,
             f"layer {node.path!r} with output shape {tuple(node.output.shape)}",
@@ -93,6 +95,8 @@ class GradCAM(WhiteBoxExplainer):
         The layer whose activations are weighted: a name (searched in nested models too,
         e.g. inside a ``keras.applications`` backbone), an index into ``model.layers``, or
         ``None`` for the default below.
+    token_grid : (int, int) or None, default None
+        The patch grid of a transformer layer's tokens, when it cannot be found (below).
 
     The default layer is the last one whose output is still spatially aligned with the
     input, other than the explained output: reached from the input only through
@@ -106,6 +110,16 @@ class GradCAM(WhiteBoxExplainer):
     parameter-free steps after it (a segmentation head ``Conv2D(classes, 1,
     activation="softmax")``, whose CAM would be the prediction itself) are never the default.
     See :class:`~saliencekit.commons.alignment.Alignment`.
+
+    Transformers: ``conv_layer`` may name a layer giving tokens ``(N, T, D)`` (a block's
+    output). On an image, the tokens are put back on their patch grid ``(h, w)`` (the
+    leading ``T - h * w`` class and register tokens dropped): the grid of the patch layer
+    (the last 4-D tensor before the tokens, a strided ``Conv2D`` as ViTs write it), else
+    the image's aspect ratio, or ``token_grid=(h, w)``. Token inputs (text) get one value
+    per token ``(N, T)``. A model with a ``MultiHeadAttention`` over tokens has the input
+    of its last attention as default layer (the last block's normalised tokens, where every
+    token has a gradient even when the head reads only the class token); a model without
+    one (any CNN) keeps the rule above.
 
     The map is ``relu(sum_c alpha_c A_c)`` at the layer's resolution, resized
     (bilinearly) to the input's, and not normalised (use
@@ -137,6 +151,7 @@ class GradCAM(WhiteBoxExplainer):
         operator: Any = None,
         conv_layer: str | int | None = None,
         *,
+        token_grid: tuple[int, int] | None = None,
         jit_compile: bool = False,
         strategy: tf.distribute.Strategy | None = None,
     ):
@@ -150,6 +165,8 @@ class GradCAM(WhiteBoxExplainer):
             strategy=strategy,
         )
         self.conv_layer = conv_layer
+        if token_grid is not None:
+            token_grid = validation.int_tuple("token_grid", token_grid, 2)
         graph = inspect_model.flatten(self._explained)
         multi_input = self._input_structure is not None
         alignment = (alignment_lib.Alignment(self._explained)
@@ -165,7 +182,10 @@ class GradCAM(WhiteBoxExplainer):
                 explicit = inspect_model.find_node(
                     graph, self._model if output_layer is None else self._explained,
                     conv_layer, "conv_layer")
-            node = find_conv_node(
+            node = None
+            if conv_layer is None and not multi_input:  # a transformer: its last block
+                node = alignment_lib.last_token_layer(graph)
+            node = node or find_conv_node(
                 graph, self._model if output_layer is None else self._explained, conv_layer,
                 alignment=alignment, channels_first=self._channels_first,
                 map_input=(alignment.input_of(graph, explicit) or 0) if explicit else 0)
@@ -192,6 +212,29 @@ class GradCAM(WhiteBoxExplainer):
                     repr(node.path))
             self._map_input = aligned
         self._tapped = graph.model([node.output])
+        # a transformer's tokens (N, T, D): on an image, the patch grid they come from
+        self.token_grid = self._token_layout = None
+        rank = len(graph.inputs[self._map_input].shape)
+        if len(node.output.shape) == 3 and rank != 3:
+            if rank == 4 and not self._channels_first:
+                try:
+                    h, w, extra = alignment_lib.token_grid(
+                        graph, node, tuple(graph.inputs[self._map_input].shape[1:]),
+                        token_grid)
+                except ValueError as error:
+                    raise validation.value_error(
+                        "token_grid", "(h, w): the patch grid of the layer's tokens",
+                        repr(token_grid), str(error)) from None
+                self.token_grid = (h, w)
+                self._token_layout = (h, w, extra)
+            elif rank == 2:  # token inputs: one value per token (leading extra ones dropped)
+                count, length = node.output.shape[1], graph.inputs[0].shape[1]
+                extra = count - length if None not in (count, length) else 0
+                self._token_layout = (None, None, max(extra, 0))
+        if token_grid is not None and self.token_grid is None:
+            raise validation.value_error(
+                "token_grid", "None for a layer that is not a token sequence of an image",
+                repr(token_grid))
 
     def _batch(self, inputs, targets, seeds):
         _, (activations,), (gradients,) = self._tapped_gradients(
@@ -201,8 +244,13 @@ class GradCAM(WhiteBoxExplainer):
 
     def _channels_last(self, tensor: tf.Tensor) -> tf.Tensor:
         """The layer's tensor as float32 ``(B, *s, C)`` (moved from ``(B, C, *s)`` in a
-        channels_first model)."""
+        channels_first model; a transformer's tokens on their patch grid)."""
         tensor = tf.cast(tensor, tf.float32)
+        if self._token_layout is not None:  # (B, extra + h * w, D) -> (B, h, w, D)
+            h, w, extra = self._token_layout
+            if h is None:
+                return tensor[:, extra:]
+            return tf.reshape(tensor[:, extra:], (-1, h, w, tensor.shape[-1]))
         if self._channels_first:
             tensor = tf.transpose(tensor, [0, *range(2, tensor.shape.rank), 1])
         return tensor
@@ -288,6 +336,14 @@ class ScoreCAM(GradCAM):
     >>> tuple(ScoreCAM(model).explain(np.ones((1, 8, 8, 3)), [1]).shape)
     (1, 8, 8, 1)
     """
+
+    def _check_batches(self, batches):
+        super()._check_batches(batches)
+        if self._token_layout is not None and self._token_layout[0] is None:
+            raise validation.value_error(
+                "model", "a model of images, series or tables for ScoreCAM (it multiplies "
+                "the input by each channel's map)", "a model of token ids",
+                "GradCAM, GradCAMPP and LayerCAM give per-token maps.")
 
     def _batch(self, structure, targets, seeds):
         results = self._tapped(structure, training=False)

@@ -275,3 +275,59 @@ def last_aligned(graph, alignment: Alignment, channels_first: bool):
     return chosen, after
 
 
+
+
+def last_token_layer(graph):
+    """A transformer's default CAM layer: the input of its last self-attention (the last
+    block's normalised tokens ``(N, T, D)``, where every token still has a gradient even
+    when the head reads the class token only; pytorch-grad-cam's advice for ViTs). ``None``
+    for a model without a ``MultiHeadAttention`` over token sequences (every CNN), or whose
+    tokens go back to an image map after it (a CNN with attention inside): their default
+    stays :func:`last_aligned`'s."""
+    producers = {id(node.output): node for node in graph.nodes}
+    for index in range(len(graph.nodes) - 1, -1, -1):
+        node = graph.nodes[index]
+        if not isinstance(node.layer, keras.layers.MultiHeadAttention) or not node.inputs:
+            continue
+        if any(len(getattr(later.output, "shape", ())) >= 4 for later in graph.nodes[index:]):
+            return None  # tokens back to an image map (a CNN with attention inside)
+        query = node.inputs[0]
+        if len(query.shape) == 3 and id(query) in producers:
+            return producers[id(query)]
+        return None
+    return None
+
+
+def token_grid(graph, node, image_shape: tuple, given=None) -> tuple[int, int, int]:
+    """``(h, w, extra)``: the patch grid of ``node``'s tokens ``(N, extra + h * w, D)`` on an
+    image ``(H, W, C)``; the ``extra`` leading tokens (class, register) carry no patch.
+
+    ``given``: ``(h, w)``. Otherwise the grid of the last 4-D tensor computed before
+    ``node`` with at most as many positions as there are tokens (the patch layer's output,
+    a strided ``Conv2D`` as ViTs write it), else the grid of the image's aspect ratio with
+    the fewest extra tokens (at most 8)."""
+    count = node.output.shape[1]
+    if given is not None:
+        h, w = given
+        if count is None or h * w > count:
+            raise ValueError(f"token_grid={given!r} has {h * w} patches; layer "
+                             f"{node.path!r} has {count} tokens")
+        return h, w, count - h * w
+    if count is None:
+        raise ValueError(f"layer {node.path!r} has an unknown number of tokens: pass "
+                         "token_grid=(h, w)")
+    before = graph.nodes[:graph.nodes.index(node)]
+    for other in reversed(before):
+        shape = getattr(other.output, "shape", None)
+        if shape is not None and len(shape) == 4 and None not in shape[1:3]:
+            h, w = shape[1], shape[2]
+            if h * w <= count and count - h * w <= 8:
+                return h, w, count - h * w
+    height, width = image_shape[0], image_shape[1]
+    for extra in range(min(count, 9)):
+        patches = count - extra
+        for h in range(1, patches + 1):
+            if patches % h == 0 and h * width == (patches // h) * height:
+                return h, patches // h, extra
+    raise ValueError(f"no patch grid of the image's aspect ratio {height}x{width} for the "
+                     f"{count} tokens of layer {node.path!r}: pass token_grid=(h, w)")

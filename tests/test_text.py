@@ -176,3 +176,22 @@ def test_occlusion_replaces_tokens_by_an_id():
         expected[:, t] = base - model(hidden).numpy()[np.arange(3), TARGETS]
     np.testing.assert_allclose(maps, expected, rtol=1e-5, atol=1e-6)
     assert np.all(maps[IDS == 0] == 0)
+
+
+def test_kernelshap_and_lime_take_tokens_as_features():
+    """Each token is an interpretable feature; off, it is replaced by ``ref_value`` (a pad
+    or [MASK] id). Without masking the bag model is linear in which tokens are kept, so
+    Shapley values are each token's ``(e_t - e_pad) . w_c / T``: IntegratedGradients from
+    the pad token's embedding."""
+    from saliencekit.attributions import KernelShap, Lime
+
+    model = bag_of_embeddings(mask_zero=False)
+    expected = IntegratedGradients(model, steps=2, baseline_token=0)(IDS, TARGETS).numpy()
+    shap = KernelShap(model, nb_samples=256, ref_value=0.0, seed=0)(IDS, TARGETS).numpy()
+    assert shap.shape == IDS.shape
+    np.testing.assert_allclose(shap, expected, atol=1e-4)
+    lime = Lime(model, nb_samples=256, ref_value=0.0, kernel_width=100.0, seed=0)
+    maps = lime(IDS, TARGETS).numpy()
+    assert maps.shape == IDS.shape
+    kept = IDS != 0  # a pad replaced by the pad id changes nothing
+    assert np.corrcoef(maps[kept], expected[kept])[0, 1] > 0.9

@@ -1,0 +1,283 @@
+"""Attention-based methods for transformers: AttentionRollout, TransformerAttribution.
+
+Both read the attention scores of every ``MultiHeadAttention`` call of the model on a
+rebuilt graph (:func:`saliencekit.commons.model.flatten` with ``attention_scores=True``: a
+fresh wrapper layer per call returns the scores, the model is not changed). The maths is in
+the pure functions :func:`fuse_heads`, :func:`rollout` and :func:`gradient_rollout`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from ..commons import alignment as alignment_lib
+from ..commons import model as inspect_model
+from ..commons import validation
+from .base import BlackBoxExplainer, WhiteBoxExplainer
+
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+def fuse_heads(scores: tf.Tensor, how: str = "mean") -> tf.Tensor:
+    """``(B, heads, T, T) -> (B, T, T)``: the heads' mean, max or min."""
+    return {"mean": tf.reduce_mean, "max": tf.reduce_max, "min": tf.reduce_min}[how](
+        scores, axis=1)
+
+
+def _discard(attention: tf.Tensor, ratio: float) -> tf.Tensor:
+    """Zero the lowest ``ratio`` of each ``(T, T)`` matrix's entries (values at or below
+    that quantile), never the first token's attention to itself (as jacobgil's
+    vit-explain, the reference implementation)."""
+    count = attention.shape[-1] * attention.shape[-2]
+    k = int(ratio * count)
+    if k == 0:
+        return attention
+    flat = tf.reshape(attention, (-1, count))
+    threshold = -tf.math.top_k(-flat, k).values[:, -1:]
+    keep = (flat > threshold) | (tf.range(count) == 0)[None]
+    return tf.reshape(tf.where(keep, flat, 0.0), tf.shape(attention))
+
+
+def rollout(attentions: list, head_fusion: str = "mean", discard_ratio: float = 0.0
+            ) -> tf.Tensor:
+    """Abnar & Zuidema's attention rollout of the layers' scores ``(B, heads, T, T)`` (in
+    call order): ``prod_l A_l``, latest layer on the left, with ``A_l`` the fused heads
+    plus the residual, ``0.5 W_l + 0.5 I``, rows renormalised (after the discard). Returns
+    ``(B, T, T)``: row ``i`` is how much token ``i`` of the last layer draws from each
+    input token."""
+    joint = None
+    for scores in attentions:
+        fused = _discard(fuse_heads(tf.cast(scores, tf.float32), head_fusion), discard_ratio)
+        eye = tf.eye(fused.shape[-1], dtype=tf.float32)
+        step = 0.5 * fused + 0.5 * eye
+        step = tf.math.divide_no_nan(step, tf.reduce_sum(step, axis=-1, keepdims=True))
+        joint = step if joint is None else tf.matmul(step, joint)
+    return joint
+
+
+def gradient_rollout(attentions: list, gradients: list) -> tf.Tensor:
+    """Chefer, Gur & Wolf's relevance: ``R = I``, then for every layer ``R <- R + A_bar R``
+    with ``A_bar = mean over heads of relu(grad A * A)`` (their Eq. 13-14). ``(B, T, T)``."""
+    relevance = None
+    for scores, grads in zip(attentions, gradients):
+        scores, grads = tf.cast(scores, tf.float32), tf.cast(grads, tf.float32)
+        weighted = tf.reduce_mean(tf.nn.relu(grads * scores), axis=1)  # (B, T, T)
+        if relevance is None:
+            relevance = tf.eye(weighted.shape[-1], batch_shape=[tf.shape(weighted)[0]])
+        relevance = relevance + tf.matmul(weighted, relevance)
+    return relevance
+
+
+class _Attention:
+    """What the attention methods share: the scores of every ``MultiHeadAttention`` on a
+    rebuilt graph, the explained token and the tokens' place in the input."""
+
+    _needs_graph = True
+
+    def _setup_attention(self, token, token_grid) -> None:
+        if self._input_structure is not None:
+            raise validation.type_error(
+                "model", "a model with one input", f"a model with "
+                f"{len(self._input_structure)} inputs")
+        if not (token in ("class", "mean") or (isinstance(token, int) and
+                                                not isinstance(token, bool))):
+            raise validation.value_error("token", "'class', 'mean' or a token index",
+                                         repr(token))
+        self.token = token
+        graph = inspect_model.flatten(self._explained, attention_scores=True)
+        nodes = [n for n in graph.nodes if n.scores is not None]
+        if not nodes:
+            raise validation.value_error(
+                "model", "a transformer (keras.layers.MultiHeadAttention layers in its "
+                "graph)", f"model {inspect_model.model_name(self.model)!r} without one",
+                "Attention inside custom layers is not read; gradient, CAM and black-box "
+                "methods explain any model.")
+        shapes = {tuple(n.scores.shape[2:]) for n in nodes}
+        if len(shapes) != 1 or len(set(next(iter(shapes)))) != 1 or None in next(iter(shapes)):
+            raise validation.value_error(
+                "model", "self-attention over one token sequence of a fixed length in every "
+                "MultiHeadAttention layer", f"attention shapes (query, key) {sorted(shapes)}")
+        count = next(iter(shapes))[0]
+        self._attention_graph = graph
+        self._attention_nodes = nodes
+        self.token_grid, self._layout = None, (None, None, 0)
+        rank = len(graph.inputs[0].shape)
+        if rank == 4:
+            producers = {id(n.output): n for n in graph.nodes}
+            query = producers.get(id(nodes[0].inputs[0])) if nodes[0].inputs else None
+            given = None if token_grid is None else validation.int_tuple(
+                "token_grid", token_grid, 2)
+            try:
+                if query is None:
+                    raise ValueError("the tokens of the first attention are not a layer's "
+                                     "output: pass token_grid=(h, w)")
+                h, w, extra = alignment_lib.token_grid(
+                    graph, query, tuple(graph.inputs[0].shape[1:]), given)
+            except ValueError as error:
+                raise validation.value_error(
+                    "token_grid", "(h, w): the patch grid of the attention's tokens",
+                    repr(token_grid), str(error)) from None
+            self.token_grid, self._layout = (h, w), (h, w, extra)
+        elif token_grid is not None:
+            raise validation.value_error(
+                "token_grid", "None for a model whose input is not an image", repr(token_grid))
+        elif rank == 2 and graph.inputs[0].shape[1] is not None:
+            self._layout = (None, None, max(count - graph.inputs[0].shape[1], 0))
+        if rank == 3:
+            raise validation.value_error(
+                "model", "a transformer of images (N, H, W, C) or token ids (N, T)",
+                f"a model of inputs {tuple(graph.inputs[0].shape)}")
+
+    def _relevance(self, joint: tf.Tensor) -> tf.Tensor:
+        """The explained token's row ``(B, T)`` of a ``(B, T, T)`` rollout, on the input's
+        frame: ``(B, h, w)`` patches for images (leading tokens dropped), ``(B, T)``
+        tokens for token inputs."""
+        if self.token == "mean":
+            row = tf.reduce_mean(joint, axis=1)
+        else:
+            row = joint[:, 0 if self.token == "class" else self.token]
+        h, w, extra = self._layout
+        row = row[:, extra:]
+        return row if h is None else tf.reshape(row, (-1, h, w))
+
+
+class AttentionRollout(_Attention, BlackBoxExplainer):
+    """Attention rollout: the attention of every layer, heads fused and the residual
+    added, multiplied through the layers; the explained token's row.
+
+    Abnar & Zuidema (2020), *Quantifying Attention Flow in Transformers*,
+    https://arxiv.org/abs/2005.00928
+
+    Parameters
+    ----------
+    model, batch_size, operator, jit_compile, strategy
+        As in :class:`~saliencekit.attributions.BlackBoxExplainer`. The map does not depend
+        on the target: rollout explains what the model attends to, not a class.
+    head_fusion : {"mean", "max", "min"}, default "mean"
+        How each layer's heads are fused.
+    discard_ratio : float in [0, 1), default 0.0
+        Zero this fraction of the lowest fused attentions of each layer before adding the
+        residual (rows renormalised), as jacobgil's vit-explain; the first token's
+        attention to itself is kept.
+    token : "class", "mean" or int, default "class"
+        Whose attention is rolled out: the class token (the first one), the mean over
+        tokens (for a head on the mean of tokens), or a token index.
+    token_grid : (int, int) or None
+        The patch grid of the tokens, when it cannot be found (as in
+        :class:`~saliencekit.attributions.GradCAM`: the patch layer's grid, else the
+        image's aspect ratio).
+
+    Every ``MultiHeadAttention`` call of the model is read (self-attention over one token
+    sequence), from a rebuilt graph; attention hidden inside custom layers is not.
+    Leading tokens beyond the patch grid (class, registers) are dropped from the map,
+    which is ``(N, H, W, 1)`` for images (patches resized bilinearly) and ``(N, T)`` for
+    token ids.
+
+    Examples
+    --------
+    >>> import numpy as np, keras
+    >>> from saliencekit.attributions import AttentionRollout
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Reshape((4, 48))(keras.layers.Conv2D(48, 4, strides=4)(inputs))
+    >>> x = keras.layers.MultiHeadAttention(2, 8)(x, x)
+    >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    >>> rollout = AttentionRollout(model, token="mean")
+    >>> rollout.token_grid
+    (2, 2)
+    >>> tuple(rollout(np.ones((1, 8, 8, 3))).shape)
+    (1, 8, 8, 1)
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        batch_size: int | None = 64,
+        operator: Any = None,
+        head_fusion: str = "mean",
+        discard_ratio: float = 0.0,
+        token: str | int = "class",
+        *,
+        token_grid: tuple[int, int] | None = None,
+        jit_compile: bool = False,
+        strategy: tf.distribute.Strategy | None = None,
+    ):
+        self.head_fusion = validation.one_of("head_fusion", head_fusion, HEAD_FUSIONS)
+        ratio = validation.non_negative_float("discard_ratio", discard_ratio)
+        if ratio >= 1:
+            raise validation.value_error("discard_ratio", "a number in [0, 1)", discard_ratio)
+        self.discard_ratio = ratio
+        super().__init__(model, batch_size=batch_size, operator=operator,
+                         jit_compile=jit_compile, strategy=strategy)
+        self._setup_attention(token, token_grid)
+        self._scores = self._attention_graph.model(
+            outputs=[n.scores for n in self._attention_nodes])
+
+    def _resolve_targets(self, inputs, targets):
+        return targets  # no target: the predicted class is not needed
+
+    def _batch(self, inputs, targets, seeds):
+        scores = self._scores(inputs, training=False)
+        scores = list(scores) if isinstance(scores, (list, tuple)) else [scores]
+        return self._relevance(rollout(scores, self.head_fusion, self.discard_ratio))
+
+
+class TransformerAttribution(_Attention, WhiteBoxExplainer):
+    """Transformer attribution (gradient-weighted attention rollout): each layer's
+    attention weighted by its gradient, positive part averaged over heads, accumulated
+    with the residual.
+
+    Chefer, Gur & Wolf (2021), *Generic Attention-model Explainability for Interpreting
+    Bi-Modal and Encoder-Decoder Transformers*, https://arxiv.org/abs/2103.15679
+
+    ``R = I``; for every attention layer in call order ``R <- R + mean_h(relu(dA * A)) R``,
+    with ``dA`` the gradient of the explained score with respect to the attention scores
+    ``A`` (after the softmax). The map is the explained token's row of ``R`` (class token,
+    mean of tokens or an index), leading tokens beyond the patch grid dropped.
+
+    Parameters
+    ----------
+    model, output_layer, batch_size, operator, jit_compile, strategy
+        As in :class:`~saliencekit.attributions.WhiteBoxExplainer`.
+    token, token_grid
+        As in :class:`AttentionRollout`.
+
+    Examples
+    --------
+    >>> import numpy as np, keras
+    >>> from saliencekit.attributions import TransformerAttribution
+    >>> inputs = keras.Input((8, 8, 3))
+    >>> x = keras.layers.Reshape((4, 48))(keras.layers.Conv2D(48, 4, strides=4)(inputs))
+    >>> x = keras.layers.MultiHeadAttention(2, 8)(x, x)
+    >>> model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    >>> maps = TransformerAttribution(model, token="mean")(np.ones((2, 8, 8, 3)), [0, 1])
+    >>> tuple(maps.shape)
+    (2, 8, 8, 1)
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        output_layer: str | int | None = None,
+        batch_size: int | None = 64,
+        operator: Any = None,
+        token: str | int = "class",
+        *,
+        token_grid: tuple[int, int] | None = None,
+        jit_compile: bool = False,
+        strategy: tf.distribute.Strategy | None = None,
+    ):
+        super().__init__(model, output_layer=output_layer, batch_size=batch_size,
+                         operator=operator, reducer=None, jit_compile=jit_compile,
+                         strategy=strategy)
+        self._setup_attention(token, token_grid)
+        self._tapped = self._attention_graph.model(
+            extra=[n.scores for n in self._attention_nodes])
+
+    def _batch(self, inputs, targets, seeds):
+        _, scores, gradients = self._tapped_gradients(self._tapped, inputs, targets,
+                                                      wrt_inputs=False)
+        gradients = [tf.zeros_like(s) if g is None else g for s, g in zip(scores, gradients)]
+        return self._relevance(gradient_rollout(scores, gradients))
