@@ -130,14 +130,15 @@ class BaseAttributionMetric(runner.Runner):
         chunk of at most ``batch_size`` (variant, row) pairs per pass, one chunk in flight.
 
         ``data`` holds per-row tensors ``(B, ...)`` (the inputs under ``"x"``; scalars are
-        shared); ``compute(rows, variant, row, start)``
-        gets them gathered for the chunk's pairs (``variant`` and ``row``: ``(P,)`` int64,
-        ``start``: the chunk's first pair, pairs being ``variant * valid + row``) and
-        returns a ``(P,)`` tensor or a tuple of ``outputs`` of them. Returns each as ``(B, count)``, zeros
-        on padding rows. The count of evaluations is exactly ``count * valid``.
+        shared); ``compute(rows, variant, row, start)`` gets them gathered for the chunk's
+        pairs (``variant`` and ``row``: ``(P,)`` int64, ``start``: the chunk's first pair,
+        pairs being ``variant * valid + row``) and returns a ``(P,)`` tensor or a tuple of
+        ``outputs`` of them. Returns each as ``(B, count)``, zeros on padding rows.
+        The count of evaluations is exactly ``count * valid``.
         """
         valid = tf.cast(valid, tf.int64)
-        batch = tf.shape(tf.nest.flatten(data["x"])[0], out_type=tf.int64)[0]
+        first = tf.nest.flatten(data["x"])[0]
+        batch = tf.shape(first, out_type=tf.int64)[0]
         total = count * valid
         per_pass = tf.constant(min(self._per_pass, 2**40), tf.int64)
         if self.batch_size is None:

@@ -140,6 +140,11 @@ def _settings(explainer) -> dict:
     return settings
 
 
+def _is_factory(explainer: Any) -> bool:
+    from ..attributions.base import BlackBoxExplainer
+    return not isinstance(explainer, BlackBoxExplainer) and not hasattr(explainer, "model")
+
+
 def _on_model(explainer: Any, model: Any):
     """``explainer`` rebuilt on ``model``: a saliencekit explainer with its own settings;
     an object with a ``model`` attribute (xplique's explainers) shallow-copied with it
@@ -241,6 +246,8 @@ class ModelRandomizationMetric(_Randomization):
     def _correlations(self, explainer, stages: list[list]) -> list[np.ndarray]:
         check_explainer(explainer)
         on_copy = _on_model(explainer, self._copy)
+        if _is_factory(explainer):
+            explainer = _on_model(explainer, self.model)
         results: list[list] = [[] for _ in stages]
         try:
             for x, t, _ in self._batches_of_inputs():
@@ -322,7 +329,8 @@ class RandomLogitMetric(_Randomization):
             true = tf.argmax(tf.reshape(t, (tf.shape(t)[0], -1)), axis=-1)
             z = random.gaussian((1,), tf.constant(self.seed, tf.int64), offset,
                                 tf.shape(t)[0], tf.constant(0, tf.int64))[:, 0]
-            draw = tf.minimum(tf.cast(0.5 * (1.0 + tf.math.erf(z / np.sqrt(2.0))) * (classes - 1), tf.int64), classes - 2)
+            uniform = 0.5 * (1.0 + tf.math.erf(z / np.sqrt(2.0)))
+            draw = tf.minimum(tf.cast(uniform * (classes - 1), tf.int64), classes - 2)
             other = tf.where(draw >= true, draw + 1, draw)
             off = tf.one_hot(other, classes, dtype=tf.float32)
             a = explainer(x, t)
