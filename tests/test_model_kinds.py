@@ -58,7 +58,11 @@ def reference_gradients(function, x, classes):
     return np.abs(tape.gradient(score, x).numpy()).max(-1, keepdims=True)
 
 
-@pytest.mark.parametrize("build", [tf_keras_functional, tf_keras_sequential])
+# every explainer on both kinds is the thorough variant; the suite runs the functional one
+ALL_TF_KERAS = [tf_keras_functional, pytest.param(tf_keras_sequential, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("build", ALL_TF_KERAS)
 def test_keras2_h5_files_load_and_every_explainer_explains_them(tmp_path, build):
     old = build()
     path = str(tmp_path / "old.h5")
@@ -71,7 +75,7 @@ def test_keras2_h5_files_load_and_every_explainer_explains_them(tmp_path, build)
         assert maps.shape == (3, 8, 8, 1) and np.isfinite(maps).all(), name
 
 
-@pytest.mark.parametrize("build", [tf_keras_functional, tf_keras_sequential])
+@pytest.mark.parametrize("build", ALL_TF_KERAS)
 def test_tf_keras_models_are_explained_by_every_explainer(build):
     model = build()
     expected = reference_gradients(lambda v: model(v, training=False), X, Y)
