@@ -15,6 +15,7 @@ parallel maps, at most one per core, and the one being explained), whatever its 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +107,44 @@ def _to_tensor(argument: str, value: Any) -> tf.Tensor:
     return tensor
 
 
+def _to_array(argument: str, value: Any) -> np.ndarray:
+    """A host numpy array of ``value`` (a tf.Tensor is read), refused as :func:`_to_tensor`
+    refuses it."""
+    if isinstance(value, tf.Tensor):
+        _check_dtype(argument, value.dtype)
+        return value.numpy()
+    try:
+        array = np.asarray(value)
+    except ValueError as error:  # ragged nested lists
+        raise validation.type_error(argument, "a rectangular array", "ragged data") from error
+    if array.dtype.kind in "USOV":
+        raise validation.type_error(
+            argument, "a numeric or boolean array", f"an array of dtype {array.dtype}"
+        )
+    if array.dtype.kind not in "biuf":
+        try:
+            dtype = tf.as_dtype(array.dtype)
+        except TypeError:
+            raise validation.type_error(argument, "a numeric or boolean array",
+                                        f"an array of dtype {array.dtype}") from None
+        _check_dtype(argument, dtype)
+    return array
+
+
+#: Up to this many elements, inputs are checked for NaN and Inf on the host; above, by a
+#: TensorFlow sum (multithreaded, and no copy to the host of a large or on-device tensor).
+HOST_CHECK_SIZE = 2**16
+
+
+def all_finite(tensor: tf.Tensor) -> bool:
+    """Whether a float tensor holds no NaN and no Inf. A NaN or an Inf anywhere makes the
+    sum NaN or Inf, so a finite sum proves every value finite (a sum that overflows on
+    finite values answers False, and the caller's exact check then finds nothing)."""
+    if tensor.shape.num_elements() <= HOST_CHECK_SIZE:
+        return bool(np.isfinite(tensor.numpy()).all())
+    return bool(np.isfinite(tf.reduce_sum(tensor).numpy()))
+
+
 def _shape_text(shape) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
@@ -167,58 +206,63 @@ def encode_targets(
 
 
 def _encode_targets(targets, count, rules, output_shape):
-    tensor = _to_tensor("targets", targets)
-    if tensor.shape.rank == 0 or tensor.shape[0] != count:
+    # checked on the host (targets are small next to inputs; a tf.Tensor is read once),
+    # then one tensor made: no round trip through TensorFlow ops for the checks
+    given = targets if isinstance(targets, tf.Tensor) else None
+    values = _to_array("targets", targets)
+    shape = values.shape
+    if values.ndim == 0 or shape[0] != count:
         raise validation.value_error(
             "targets", f"one target per input ({count} along the first axis)",
-            f"shape {tuple(tensor.shape)}",
+            f"shape {tuple(shape)}",
         )
     if rules is None:  # a user's operator: passed through as floats
-        return tf.cast(tensor, tf.float32)
-    rank, out_rank, width = tensor.shape.rank, len(output_shape), output_shape[-1]
-    expected = _expected_targets(rules, output_shape)
+        return tf.cast(given if given is not None else values, tf.float32)
+    rank, out_rank, width = values.ndim, len(output_shape), output_shape[-1]
     id_ranks = {_resolve_rank(s, out_rank) for s in rules.ids_ranks}
     float_ranks = {_resolve_rank(s, out_rank) for s in rules.float_ranks}
     if rank in id_ranks:
-        values = tensor.numpy()
         if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
-            raise validation.value_error("targets", expected, "non-integer values of shape "
-                                         f"{tuple(tensor.shape)}")
+            raise validation.value_error(
+                "targets", _expected_targets(rules, output_shape),
+                f"non-integer values of shape {tuple(shape)}")
         if width is not None and (values.min() < 0 or values.max() >= width):
             raise validation.value_error(
                 "targets", f"class ids in [0, {width}) for a model with {width} outputs",
                 f"ids from {values.min():g} to {values.max():g}",
             )
-        _check_spatial(tensor.shape[1:], output_shape[1:rank], expected)
-        return tf.one_hot(tf.cast(tensor, tf.int32), width, dtype=tf.float32)
+        _check_spatial(shape[1:], output_shape[1:rank], rules, output_shape)
+        one_hot = np.zeros((*shape, width), np.float32)
+        np.put_along_axis(one_hot, values.astype(np.intp, copy=False)[..., None], 1.0, -1)
+        return tf.constant(one_hot)
     if rank in float_ranks:
-        if tensor.shape[-1] != width:
+        if shape[-1] != width:
             raise validation.value_error(
-                "targets", expected + f" (the model has {width} outputs per position)",
-                f"shape {tuple(tensor.shape)}",
+                "targets", _expected_targets(rules, output_shape)
+                + f" (the model has {width} outputs per position)", f"shape {tuple(shape)}",
             )
         if rank == out_rank and rules.match_output_shape:
-            _check_spatial(tensor.shape[1:], output_shape[1:], expected)
-        tensor = tf.cast(tensor, tf.float32)
-        validation.finite_array("targets", tensor.numpy())
+            _check_spatial(shape[1:], output_shape[1:], rules, output_shape)
+        values = values.astype(np.float32, copy=False)
+        validation.finite_array("targets", values)
         if rules.nonzero_rows:
-            flat = tf.reshape(tensor, (count, -1))
-            empty = np.flatnonzero(~tf.reduce_any(flat != 0, axis=1).numpy())
+            empty = np.flatnonzero(~np.any(values.reshape(count, -1) != 0, axis=1))
             if empty.size:
                 raise validation.value_error(
                     "targets", "rows that select at least one output (a non-zero entry)",
                     f"{empty.size} all-zero rows (first: row {empty[0]})",
                     "An all-zero target explains nothing and would give an all-zero map.",
                 )
-        return tensor
-    raise validation.value_error("targets", expected, f"shape {tuple(tensor.shape)}")
+        return tf.cast(given, tf.float32) if given is not None else tf.constant(values)
+    raise validation.value_error("targets", _expected_targets(rules, output_shape),
+                                 f"shape {tuple(shape)}")
 
 
-def _check_spatial(given, expected_shape, expected: str) -> None:
+def _check_spatial(given, expected_shape, rules: TargetRules, output_shape: tuple) -> None:
     for g, e in zip(given, expected_shape):
         if e is not None and g is not None and g != e:
-            raise validation.value_error("targets", expected, "shape (N, "
-                                         + ", ".join(map(str, given)) + ")")
+            raise validation.value_error("targets", _expected_targets(rules, output_shape),
+                                         "shape (N, " + ", ".join(map(str, given)) + ")")
 
 
 def check_none_targets(rules: TargetRules | None, output_shape: tuple) -> None:
@@ -235,6 +279,17 @@ def check_none_targets(rules: TargetRules | None, output_shape: tuple) -> None:
             f"None for a model with output shape {output_shape}",
         )
     raise validation.value_error("targets", "targets for this operator", "None")
+
+
+def _offset(start: int) -> tf.Tensor:
+    """A batch's first row as an int64 scalar tensor; eager ones (immutable) made once:
+    batches of repeated calls start at the same rows."""
+    return _eager_offset(start) if tf.executing_eagerly() else tf.constant(start, tf.int64)
+
+
+@functools.lru_cache(maxsize=64)
+def _eager_offset(start: int) -> tf.Tensor:
+    return tf.constant(start, tf.int64)
 
 
 def _pad(tensor: tf.Tensor, size: int) -> tf.Tensor:
@@ -310,8 +365,11 @@ def from_arrays(
                 f"shape {tuple(tensor.shape)}")
         _check_sample_shape(tuple(tensor.shape[1:]), model_shape, _shape_text(tensor.shape),
                             name)
+        floating = tensor.dtype.is_floating
         tensor = tf.cast(tensor, tf.float32)
-        if not bool(tf.reduce_all(tf.math.is_finite(tensor))):
+        # integers and booleans are finite (as float32 too); a float64 beyond float32's
+        # range became Inf and is refused here
+        if floating and not all_finite(tensor):
             validation.finite_array(name, tensor.numpy())
         tensors.append(tensor)
     count = int(tensors[0].shape[0])
@@ -335,7 +393,7 @@ def from_arrays(
 
     def source(skip):
         if count == size and not skip:  # one batch: no slicing, no padding
-            yield (pack(tensors), encoded, tf.constant(0, tf.int64), None,
+            yield (pack(tensors), encoded, _offset(0), None,
                    *_extra_rows(extra, extras, 0, count, size))
             return
         for number, start in enumerate(range(0, count, size)):
@@ -349,7 +407,7 @@ def from_arrays(
                 x = [_pad(leaf, size) for leaf in x]
                 t = None if t is None else _pad(t, size)
                 valid = stop - start
-            yield (pack(x), t, tf.constant(start, tf.int64), valid,
+            yield (pack(x), t, _offset(start), valid,
                    *_extra_rows(extra, extras, start, stop, size))
 
     return Batches(sample_shape, size, encoded is not None, source, count, -(-count // size),
