@@ -9,19 +9,21 @@ from 96x128 to 160x120 pixels) and a keras.applications MobileNetV2 (random weig
 classes, ``--model-size`` pixels square, ``--alpha`` wide) saved as ``.keras``, then runs,
 each in a fresh process:
 
-- ``python -m saliencekit explain`` on the first ``--small`` photos and on all ``--large``
-  of them (``--preprocess tf --output-layer logits``): peak resident memory of the process
-  (``wait4``'s ``ru_maxrss``) and images/s as the command prints it (the run's time:
-  predicting the classes, explaining, writing maps and overlays, tracing included;
-  TensorFlow's start and the model's loading excluded);
-- ``explain_to`` of the same explainer on the ``--small`` photos, decoded and resized by
-  the command line's own function into one array beforehand: images/s over the
+- ``python -m saliencekit explain``, with and without ``--no-overlays``, on the first
+  ``--small`` photos and on all ``--large`` of them (``--preprocess tf --output-layer
+  logits``): peak resident memory of the process (``wait4``'s ``ru_maxrss``) and images/s
+  as the command prints it (the run's time: predicting the classes, explaining, writing
+  maps and overlays, tracing included; TensorFlow's start and the model's loading
+  excluded);
+- right after each, ``explain_to`` of the same explainer on the same photos, decoded and
+  resized by the command line's own function into one array beforehand: images/s over the
   ``explain_to`` call (tracing included; targets ``None``, the predicted class, as the
   command line's).
 
 The command line does more than ``explain_to`` here: it reads and decodes every photo
 three times (to predict its class, to explain it, to draw its overlay), and draws and
-encodes one PNG overlay per photo at the photo's size. The ratio says what that costs.
+encodes one PNG overlay per photo at the photo's size. ``--no-overlays`` runs show the cost
+of streaming alone; the others, with the overlays.
 """
 
 from __future__ import annotations
@@ -70,12 +72,13 @@ def write_model(path: Path, size: int, alpha: float) -> None:
     model.save(path)
 
 
-def run_cli(model: Path, folder: Path, out: Path, method: str, batch_size: int) -> dict:
+def run_cli(model: Path, folder: Path, out: Path, method: str, batch_size: int,
+            overlays: bool = True) -> dict:
     """The command line in a fresh process: its peak RSS and the rate it prints."""
     argv = [sys.executable, "-m", "saliencekit", "explain", "--model", str(model),
             "--images", str(folder), "--method", method, "--preprocess", "tf",
             "--output-layer", "logits", "--batch-size", str(batch_size), "--out", str(out),
-            "--quiet"]
+            "--quiet", *([] if overlays else ["--no-overlays"])]
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -156,13 +159,22 @@ def main() -> None:
             import shutil
 
             shutil.rmtree(out)
+        def in_memory_run(folder: Path, count: int) -> dict:
+            child = subprocess.run(
+                [sys.executable, __file__, "--batch-size", str(args.batch_size),
+                 "--in-memory", str(model), str(folder), str(count), args.method,
+                 str(args.model_size)], capture_output=True, text=True, check=True)
+            return json.loads(child.stdout.strip().splitlines()[-1])
+
+        # each command-line run right beside its in-memory twin: the machine's load drifts
         few = run_cli(model, small, root / "out-small", args.method, args.batch_size)
+        few_bare = run_cli(model, small, root / "out-small-bare", args.method,
+                           args.batch_size, overlays=False)
+        few_memory = in_memory_run(small, args.small)
         many = run_cli(model, photos, root / "out-large", args.method, args.batch_size)
-        child = subprocess.run(
-            [sys.executable, __file__, "--batch-size", str(args.batch_size), "--in-memory",
-             str(model), str(small), str(args.small), args.method, str(args.model_size)],
-            capture_output=True, text=True, check=True)
-        memory = json.loads(child.stdout.strip().splitlines()[-1])
+        many_bare = run_cli(model, photos, root / "out-large-bare", args.method,
+                            args.batch_size, overlays=False)
+        many_memory = in_memory_run(photos, args.large)
 
     import tensorflow as tf
 
@@ -172,20 +184,26 @@ def main() -> None:
           f"batch size {args.batch_size}; {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, TensorFlow {tf.__version__}")
     print()
-    print(f"{'':<44}{'images':>8}{'seconds':>9}{'images/s':>10}{'peak RSS':>10}")
-    for label, row in [("python -m saliencekit explain, small folder", few),
-                       ("python -m saliencekit explain, large folder", many),
-                       ("explain_to on the small folder in memory", memory)]:
+    print(f"{'':<40}{'images':>8}{'seconds':>9}{'images/s':>10}{'peak RSS':>10}")
+    for label, row in [("python -m saliencekit explain", few),
+                       ("  the same, --no-overlays", few_bare),
+                       ("explain_to, the same photos in memory", few_memory),
+                       ("python -m saliencekit explain", many),
+                       ("  the same, --no-overlays", many_bare),
+                       ("explain_to, the same photos in memory", many_memory)]:
         rss = f"{row['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in row else ""
-        print(f"{label:<44}{row['images']:>8}{row['seconds']:>9.1f}"
+        print(f"{label:<40}{row['images']:>8}{row['seconds']:>9.1f}"
               f"{row['images_per_s']:>10.1f}{rss:>10}")
     print()
     print(f"peak RSS, {args.large} vs {args.small} photos: "
           f"{many['peak_rss_mb']:.0f} MB vs {few['peak_rss_mb']:.0f} MB "
           f"(ratio {many['peak_rss_mb'] / few['peak_rss_mb']:.2f})")
-    print(f"throughput, command line / explain_to in memory ({args.small} photos): "
-          f"{few['images_per_s'] / memory['images_per_s']:.2f}; "
-          f"({args.large} photos): {many['images_per_s'] / memory['images_per_s']:.2f}")
+    for label, (small_run, large_run) in [("", (few, many)),
+                                          (" --no-overlays", (few_bare, many_bare))]:
+        print(f"throughput, command line{label} / explain_to in memory: "
+              f"{small_run['images_per_s'] / few_memory['images_per_s']:.2f} ({args.small} "
+              f"photos), {large_run['images_per_s'] / many_memory['images_per_s']:.2f} "
+              f"({args.large} photos)")
 
 
 if __name__ == "__main__":

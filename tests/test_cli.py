@@ -273,9 +273,10 @@ def test_options_reach_the_explainer(photos, softmax_cnn, tmp_path):
     result = cli("explain", "--model", softmax_cnn, "--images", photos, "--method",
                  "smooth_grad", "--nb-samples", 3, "--noise", 0.3, "--seed", 7,
                  "--output-layer", "logits", "--labels", labels, "--pixel-range", "-1,1",
-                 "--batch-size", 4, "--out", out, "--quiet")
+                 "--batch-size", 4, "--out", out, "--quiet", "--no-overlays")
     assert result.returncode == 0, result.stderr
     assert_clean(result)
+    assert not (out / "overlays").exists() and not (out / "index.html").exists()
     assert "warning" not in result.stderr  # the logits are explained
     assert not re.search(r"^\d+/\d+ (batches|shards)", result.stdout, re.MULTILINE)
     ids = [2, 1, 0, 1, 2]  # in files.txt's order: a.jpg, a.png, b.png, c.png, more/a.png
