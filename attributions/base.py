@@ -468,7 +468,11 @@ class WhiteBoxExplainer(BlackBoxExplainer):
             return tf.nest.map_structure(lambda o: tf.cast(o, tf.float32), (
                 results[0] if outputs == 1 else results[:outputs]))
 
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
+        # Without input gradients, the tape also records the ops that read the weights: the
+        # taps of a token model depend on its (float-cast) ids through an integer lookup
+        # only, which the tape does not follow (nothing would be recorded). The kernel's
+        # backward pass is pruned to the taps either way.
+        with tf.GradientTape(watch_accessed_variables=not wrt_inputs) as tape:
             tape.watch(inputs)
             score = self._operator(forward, inputs, targets)
         if wrt_inputs:

@@ -340,3 +340,123 @@ def _positive_number(argument: str, value: Any) -> float:
     if not np.isfinite(value) or value <= 0:
         raise validation.value_error(argument, "a finite number > 0", value)
     return float(value)
+
+
+# -- text: tokens coloured by attribution ------------------------------------------------
+def _token_scores(tokens: Any, scores: Any) -> tuple[list[str], np.ndarray]:
+    if isinstance(tokens, str) or not isinstance(tokens, Iterable):
+        raise validation.type_error("tokens", "a sequence of token strings",
+                                    validation._describe(tokens))
+    words = [t.decode("utf-8", "replace") if isinstance(t, bytes) else str(t) for t in tokens]
+    values = _array("map", scores).astype(np.float64)
+    if values.ndim == 2 and values.shape[-1] == 1:
+        values = values[:, 0]
+    if values.ndim != 1 or len(values) != len(words):
+        raise validation.value_error(
+            "map", f"one value per token, shape ({len(words)},)", f"shape {values.shape}",
+            "Pass map[:len(tokens)] for a padded sequence's map.")
+    if not np.all(np.isfinite(values)):
+        raise validation.value_error("map", "finite values", "NaN or infinite values")
+    return words, values
+
+
+def _signed_colours(values: np.ndarray) -> np.ndarray:
+    """``(T, 4)`` RGBA: red for positive, blue for negative, opacity ``|v| / max |v|``."""
+    scale = np.max(np.abs(values)) if values.size else 0.0
+    strength = np.abs(values) / scale if scale > 0 else np.zeros_like(values)
+    colours = np.where(values[:, None] >= 0, [[0.84, 0.15, 0.16]], [[0.12, 0.47, 0.71]])
+    return np.concatenate([colours, strength[:, None]], axis=1)
+
+
+def text_html(tokens: Sequence[str], map: Any) -> str:
+    """Tokens coloured by their attribution, as an HTML fragment.
+
+    Parameters
+    ----------
+    tokens : sequence of str (or bytes)
+        The tokens, in order. They are HTML-escaped.
+    map : array of shape ``(T,)`` (or ``(T, 1)``)
+        One value per token (a token map of an explainer: ``maps[i]``).
+
+    Each token is a ``<span>`` whose background is red for a positive value and blue for a
+    negative one, its opacity ``|value| / max |value|`` (so a map's sign is kept and zero,
+    padding say, is uncoloured); its value is in the ``title`` (shown on hover).
+
+    Examples
+    --------
+    >>> from saliencekit.commons.plot import text_html
+    >>> html = text_html(["a", "<b>", "c"], [1.0, -0.5, 0.0])
+    >>> "&lt;b&gt;</span>" in html and "rgba(31, 120, 181, 0.500)" in html
+    True
+    """
+    import html
+
+    words, values = _token_scores(tokens, map)
+    spans = []
+    for word, value, (r, g, b, a) in zip(words, values, _signed_colours(values)):
+        spans.append(
+            f'<span style="background-color: rgba({round(r * 255)}, {round(g * 255)}, '
+            f'{round(b * 255)}, {a:.3f}); padding: 1px 3px" title="{value:.4g}">'
+            f"{html.escape(word)}</span>")
+    return f'<div class="saliencekit-text" style="line-height: 1.9">{" ".join(spans)}</div>'
+
+
+def plot_text(tokens: Sequence[str], maps: Any, titles: Any = None,
+              chars_per_line: int = 60, fontsize: float = 11.0) -> Figure:
+    """A matplotlib figure of tokens coloured by attribution: one panel per map.
+
+    Parameters
+    ----------
+    tokens : sequence of str (or bytes)
+    maps : array ``(T,)`` for one map, ``(M, T)`` for several (one method each), or a dict
+        ``{title: map}``.
+    titles : sequence of str or None
+        The panels' titles (the dict's keys when ``maps`` is a dict).
+    chars_per_line : int, default 60
+        Lines wrap after about this many characters (tokens are drawn in a monospace
+        font, so their widths are known without a renderer).
+    fontsize : float, default 11
+
+    Colours are those of :func:`text_html`. The figure is built without pyplot (the user's
+    backend is untouched): save it with ``fig.savefig(path)``.
+    """
+    require_matplotlib()
+    from matplotlib.figure import Figure
+
+    if isinstance(maps, Mapping):
+        titles, maps = list(maps), list(maps.values())
+    rows = _array("maps", maps) if not isinstance(maps, list) else np.stack(
+        [_array("maps", m) for m in maps])
+    rows = rows[None] if rows.ndim == 1 else rows
+    if titles is not None:
+        titles = [str(t) for t in titles]
+        if len(titles) != len(rows):
+            raise validation.value_error("titles", f"{len(rows)} titles, one per map",
+                                         f"{len(titles)} titles")
+    width = validation.positive_int("chars_per_line", chars_per_line)
+    panels = []
+    for row in rows:
+        words, values = _token_scores(tokens, row)
+        lines, column, placed = 0, 0, []
+        for word, colour in zip(words, _signed_colours(values)):
+            if column and column + len(word) > width:
+                lines, column = lines + 1, 0
+            placed.append((column, lines, word, colour))
+            column += len(word) + 1
+        panels.append((placed, lines + 1))
+    inch = fontsize / 72 * 1.9  # one line of text
+    heights = [lines * inch + (0.3 if titles else 0.1) for _, lines in panels]
+    figure = Figure(figsize=(width * fontsize / 72 * 0.62 + 0.4, sum(heights)))
+    axes = figure.subplots(len(panels), 1, squeeze=False,
+                           gridspec_kw={"height_ratios": heights})[:, 0]
+    for index, (ax, (placed, lines)) in enumerate(zip(axes, panels)):
+        ax.set_xlim(0, width)
+        ax.set_ylim(lines, 0)
+        ax.axis("off")
+        if titles:
+            ax.set_title(titles[index], fontsize=fontsize, loc="left")
+        for column, line, word, colour in placed:
+            ax.text(column, line + 0.5, word, family="monospace", fontsize=fontsize,
+                    va="center", ha="left",
+                    bbox={"facecolor": tuple(colour), "edgecolor": "none", "pad": 1.5})
+    return figure

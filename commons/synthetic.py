@@ -284,3 +284,84 @@ def _bilinear(source: int, target: int) -> np.ndarray:
     matrix[np.arange(target), below] = 1 - fraction
     matrix[np.arange(target), below + 1] = fraction
     return matrix
+
+
+# -- text: a keyword among distractors ------------------------------------------------------
+class Keywords(NamedTuple):
+    """A synthetic text task: ``ids, labels, masks, vocabulary = keywords(...)``."""
+
+    ids: np.ndarray
+    """int32 ``(n, length)`` token ids, 0 is padding."""
+    labels: np.ndarray
+    """int64 ``(n,)``: the class of the keyword in each sequence."""
+    masks: np.ndarray
+    """bool ``(n, length)``: the keyword's position (exactly one per sequence)."""
+    vocabulary: tuple[str, ...]
+    """Token strings by id: ``"<pad>"``, then ``"key0", ...`` (one keyword per class),
+    then ``"w0", ...`` (distractors)."""
+
+
+def keywords(
+    n: int,
+    length: int = 16,
+    classes: int = 4,
+    seed: int | None = 0,
+    *,
+    distractor_words: int = 40,
+    min_length: int | None = None,
+) -> Keywords:
+    """Token sequences whose class is decided by one keyword among distractors.
+
+    Each sequence has a random length in ``[min_length, length]`` (padded with id 0 at the
+    end), distractor words drawn uniformly from ``distractor_words`` ids that carry no class
+    information (same distribution for every class), and exactly one keyword, ``key<c>``
+    for class ``c``, at a uniformly random position among its tokens. The mask holds that
+    position: the ground truth of a per-token pointing game.
+
+    Parameters
+    ----------
+    n : int
+        Number of sequences (>= 1); classes are balanced as in :func:`shapes`.
+    length : int, default 16
+        Sequence length with padding (>= 2).
+    classes : int, default 4
+        Number of classes (and keywords), >= 2.
+    seed : int or None, default 0
+    distractor_words : int, default 40
+        Size of the distractor vocabulary (>= 1).
+    min_length : int or None, default None (= length // 2)
+        Shortest sequence before padding, in ``[1, length]``.
+
+    Examples
+    --------
+    >>> from saliencekit.commons.synthetic import keywords
+    >>> data = keywords(6, length=8, classes=3, seed=1)
+    >>> data.ids.shape, data.masks.sum(axis=1).tolist()
+    ((6, 8), [1, 1, 1, 1, 1, 1])
+    >>> bool((data.ids[data.masks] == data.labels + 1).all())
+    True
+    """
+    n = validation.positive_int("n", n)
+    length = validation.positive_int("length", length)
+    if length < 2:
+        raise validation.value_error("length", "an integer >= 2", length)
+    classes = validation.positive_int("classes", classes)
+    if classes < 2:
+        raise validation.value_error("classes", "an integer >= 2", classes)
+    words = validation.positive_int("distractor_words", distractor_words)
+    shortest = length // 2 if min_length is None else validation.positive_int(
+        "min_length", min_length)
+    if shortest > length:
+        raise validation.value_error("min_length", f"at most length={length}", shortest)
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % classes).astype(np.int64)
+    lengths = rng.integers(shortest, length + 1, n)
+    ids = rng.integers(1 + classes, 1 + classes + words, (n, length)).astype(np.int32)
+    positions = np.floor(rng.random(n) * lengths).astype(np.int64)
+    ids[np.arange(length)[None] >= lengths[:, None]] = 0
+    ids[np.arange(n), positions] = 1 + labels
+    masks = np.zeros((n, length), bool)
+    masks[np.arange(n), positions] = True
+    vocabulary = ("<pad>", *(f"key{c}" for c in range(classes)),
+                  *(f"w{w}" for w in range(words)))
+    return Keywords(ids, labels, masks, vocabulary)

@@ -195,3 +195,70 @@ def test_kernelshap_and_lime_take_tokens_as_features():
     assert maps.shape == IDS.shape
     kept = IDS != 0  # a pad replaced by the pad id changes nothing
     assert np.corrcoef(maps[kept], expected[kept])[0, 1] > 0.9
+
+
+def text_transformer(seed=0, length=LENGTH, vocab=VOCAB, classes=CLASSES, dim=8):
+    """Token + position embeddings, one pre-norm MultiHeadAttention block, mean of tokens."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((length,), dtype="int32")
+    x = keras.layers.Embedding(vocab, dim, name="tokens")(inputs)
+    positions = keras.layers.Embedding(length, dim)(keras.ops.arange(length)[None])
+    x = keras.layers.Add()([x, positions])
+    h = keras.layers.LayerNormalization(name="norm1")(x)
+    x = keras.layers.Add()([x, keras.layers.MultiHeadAttention(2, dim // 2)(h, h)])
+    h = keras.layers.Dense(dim, activation="relu")(keras.layers.LayerNormalization()(x))
+    x = keras.layers.Add(name="block_out")([x, h])
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, keras.layers.Dense(classes)(x))
+
+
+def test_transformer_methods_give_per_token_maps():
+    from saliencekit.attributions import AttentionRollout, LayerCAM, TransformerAttribution
+
+    model = text_transformer()
+    assert LayerCAM(model).conv_layer_name == "norm1"
+    for explainer in (AttentionRollout(model, token="mean"),
+                      TransformerAttribution(model, token="mean"), LayerCAM(model),
+                      IntegratedGradients(model, steps=4)):
+        maps = explainer(IDS, TARGETS).numpy()
+        assert maps.shape == IDS.shape and np.all(np.isfinite(maps)), type(explainer)
+
+
+def test_keywords_task_is_learnt_and_pointed_at():
+    """The synthetic keyword task: a bag-of-embeddings model learns it in a few epochs and
+    its token maps point at the keyword (pointing game)."""
+    from saliencekit.commons.synthetic import keywords
+
+    data = keywords(512, length=10, classes=3, seed=0)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((10,), dtype="int32")
+    x = keras.layers.Embedding(len(data.vocabulary), 8)(inputs)
+    x = keras.layers.GlobalMaxPooling1D()(keras.layers.Dense(8, activation="relu")(x))
+    model = keras.Model(inputs, keras.layers.Dense(3)(x))
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    model.fit(data.ids, data.labels, epochs=30, batch_size=64, verbose=0)
+    test = keywords(64, length=10, classes=3, seed=1)
+    assert model.evaluate(test.ids, test.labels, verbose=0)[1] > 0.95
+    for explainer in (Saliency(model), GradientInput(model), IntegratedGradients(model, steps=16),
+                      Occlusion(model, patch_size=1, occlusion_value=0)):
+        maps = explainer(test.ids, test.labels).numpy()
+        pointed = test.masks[np.arange(64), np.argmax(np.abs(maps), axis=1)]
+        assert pointed.mean() > 0.9, type(explainer).__name__
+
+
+def test_text_html_and_figure():
+    from saliencekit.commons.plot import plot_text, text_html
+
+    html = text_html(["<script>", "ok", "&"], np.array([[2.0], [0.0], [-1.0]]))
+    assert "<script>" not in html and "&lt;script&gt;" in html and "&amp;" in html
+    assert "rgba(214, 38, 41, 1.000)" in html  # the largest positive: opaque red
+    assert "rgba(31, 120, 181, 0.500)" in html  # half as large, negative: blue
+    with pytest.raises(ValueError, match=r"map: expected one value per token, shape \(2,\)"):
+        text_html(["a", "b"], [1.0, 2.0, 3.0])
+    with pytest.raises(TypeError, match="tokens"):
+        text_html("a b", [1.0, 2.0])
+    pytest.importorskip("matplotlib")
+    figure = plot_text(["a", "b", "c"], {"Saliency": [1, 0, 0], "IG": [0, -1, 1]})
+    assert len(figure.axes) == 2 and figure.axes[1].get_title(loc="left") == "IG"
+    assert [t.get_text() for t in figure.axes[0].texts] == ["a", "b", "c"]
