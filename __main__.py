@@ -1056,7 +1056,7 @@ def run_explain(args) -> int:
         raise
     if not args.no_overlays:
         write_index(out, files, classes, f"{name} on {model_path.name}: {len(files)} images")
-    done = (f" ({len(files) - explained} of {len(files)} were done before)"
+    done = (f", {len(files) - explained} of {len(files)} were done before"
             if explained < len(files) else "")
     rate = f" in {seconds:.1f} s ({explained / max(seconds, 1e-9):.1f} images/s)" \
         if explained else ""
