@@ -1000,7 +1000,11 @@ def run_explain(args) -> int:
         if args.image_size:
             size = args.image_size
         else:
-            size = tuple(decode_image(str(files[0]), channels).shape[:2])
+            try:
+                size = tuple(decode_image(str(files[0]), channels).shape[:2])
+            except tf.errors.OpError:
+                raise UsageError(f"--images: expected readable png or jpg images, got "
+                                 f"{str(files[0])!r}, which cannot be decoded.") from None
     elif args.image_size and tuple(args.image_size) != size:
         raise UsageError(f"--image-size: expected {size[0]},{size[1]} (the model's input "
                          f"size) or nothing, got {args.image_size[0]},{args.image_size[1]}.")
