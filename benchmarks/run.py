@@ -3,7 +3,7 @@
     python benchmarks/run.py [--models mlp cnn mobilenetv2 resnet50]
                              [--methods saliency smoothgrad gradcam fullgrad occlusion]
                              [--peer xplique] [--repeats 3]
-                             [--sections speed memory startup pipeline]
+                             [--sections speed memory startup pipeline overhead]
 
 The limit of a gradient method is the model's own compiled forward+backward pass on the same
 batch (times nb_samples for SmoothGrad); Grad-CAM's is a forward pass plus the backward pass
@@ -443,6 +443,34 @@ def pipeline(args):
           f"cores) | {both / (alone + compute):.2f} |")
 
 
+def overhead(args):
+    """The fixed cost of one explain() call: Saliency on the MLP (256 and 512 rows) against
+    the compiled forward+backward, medians over 50 x --repeats calls timed in interleaved
+    rounds (the ms-scale calls need more rounds than the speed section's)."""
+    keras.utils.set_random_seed(0)
+    model, shape, _ = mlp()
+    print("\n| MLP, Saliency per call | fwd+bwd ms | explain ms | ratio | overhead ms |"
+          "\n|---|---|---|---|---|")
+    for rows in (shape[0], 2 * shape[0]):
+        x = tf.constant(np.random.default_rng(0).random((rows, shape[1]), np.float32))
+        y = np.arange(rows) % 10
+        reference = limits(model, x, y, None)["fwd+bwd"]
+        explainer = Saliency(model, batch_size=rows)
+        calls = {"ref": lambda r=reference, x=x: r(x),
+                 "explain": lambda e=explainer, x=x, y=y: e.explain(x, y)}
+        times = {key: [] for key in calls}
+        for call in calls.values():
+            _block(call())
+        for _ in range(50 * args.repeats):
+            for key, call in calls.items():
+                start = time.perf_counter()
+                _block(call())
+                times[key].append(time.perf_counter() - start)
+        ref, run = (statistics.median(times[k]) for k in ("ref", "explain"))
+        print(f"| {rows} rows | {1e3 * ref:.3f} | {1e3 * run:.3f} | {run / ref:.2f} | "
+              f"{1e3 * (run - ref):.3f} |", flush=True)
+
+
 def startup(args):
     """First explain on ResNet50 in forward+backward passes; later calls never retrace."""
     keras.utils.set_random_seed(0)
@@ -475,13 +503,14 @@ def main():
     parser.add_argument("--peer", choices=["xplique"], default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sections", nargs="+", default=["speed"],
-                        choices=["speed", "memory", "startup", "pipeline"])
+                        choices=["speed", "memory", "startup", "pipeline", "overhead"])
     args = parser.parse_args()
     print(f"# saliencekit benchmark, {time.strftime('%Y-%m-%d')}, {platform.machine()} "
           f"{os.cpu_count()} cores, Python {platform.python_version()}, TensorFlow "
           f"{tf.__version__}, Keras {keras.__version__}\n")
     for section in args.sections:
-        {"speed": speed, "memory": memory, "startup": startup, "pipeline": pipeline}[section](args)
+        {"speed": speed, "memory": memory, "startup": startup, "pipeline": pipeline,
+         "overhead": overhead}[section](args)
 
 
 if __name__ == "__main__":
