@@ -27,7 +27,7 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import EXPLAINERS, GRAPH_ONLY, explainer_factories
+from helpers import BLACK_BOX, EXPLAINERS, GRAPH_ONLY, explainer_factories
 from saliencekit.attributions import FullGrad
 
 FACTORIES = explainer_factories()
@@ -366,8 +366,14 @@ def explained_scores(model, x, targets):
 # ---------------------------------------------------------------- properties
 
 
+#: Sampling methods only call the model, whatever its architecture (which is what the fuzzer
+#: varies): in the suite, Occlusion stands for them; the rest is the slow variant.
+FUZZED = [pytest.param(name, marks=pytest.mark.slow) if name in BLACK_BOX - {"Occlusion"}
+          else name for name in EXPLAINERS]
+
+
 @pytest.mark.filterwarnings("ignore:.*has no ReLU activation:UserWarning")
-@pytest.mark.parametrize("name", EXPLAINERS)
+@pytest.mark.parametrize("name", FUZZED)
 @examples(share=0.3)
 @given(data=st.data())
 def test_every_explainer_on_random_models(name, data):
