@@ -95,6 +95,8 @@ METHODS: dict[str, tuple[str, ...]] = {
     "KernelShap": ("nb_samples", "grid_size", "seed"),
     "SobolAttributionMethod": ("grid_size", "seed"),
     "HsicAttributionMethod": ("grid_size", "seed"),
+    "AttentionRollout": (),  # vision transformers: maps on the patch grid
+    "TransformerAttribution": ("output_layer",),
 }
 #: Meta-explainers, written ``Wrapper(METHOD)`` (nested too) -> the options they take.
 WRAPPERS: dict[str, tuple[str, ...]] = {"Smoothed": ("nb_samples", "noise", "seed"), "TTA": ()}

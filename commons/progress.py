@@ -7,9 +7,12 @@ codes; one line per 10% of a run of known length, or per :data:`INTERVAL` second
 comes first; a run of unknown length (a Dataset) prints a line every :data:`INTERVAL`
 seconds and its final line once, at :meth:`Progress.close`::
 
-    10/100 batches (10%) - 640 images - 212.4 images/s - 3 s elapsed - ETA 27 s
+    10/100 batches (10%) - 640 images - 212.4 images/s - 301 ms/batch - 3 s elapsed - ETA 27 s
     ...
-    100/100 batches (100%) - 6400 images - 230.9 images/s - 28 s
+    100/100 batches (100%) - 6400 images - 230.9 images/s - 277 ms/batch - 28 s
+    37/Unknown batches - 2368 images - 230.1 images/s - 278 ms/batch - 10 s elapsed
+
+(Keras' notation for a run of unknown length, ``N/Unknown``, and its time per step.)
 """
 
 from __future__ import annotations
@@ -140,8 +143,13 @@ class Progress:
         if self.total:
             count = f"{self.steps}/{self.total} {units} ({100 * self.steps / self.total:.0f}%)"
         else:
-            count = f"{self.steps} {units if self.steps != 1 else self.unit}"
-        parts = [count, f"{self.rows} images", f"{self.rate:.1f} images/s"]
+            count = f"{self.steps}/Unknown {units}"
+        # per step past the first (which traces), as the rate
+        step = ((now - self.since) / (self.steps - 1) if self.steps > 1
+                else now - self.start)
+        per_step = (f"{1000 * step:.0f} ms/{self.unit}" if step < 1
+                    else f"{step:.1f} s/{self.unit}")
+        parts = [count, f"{self.rows} images", f"{self.rate:.1f} images/s", per_step]
         finished = final or (self.total is not None and self.steps >= self.total)
         if finished:
             parts.append(_duration(elapsed))
