@@ -10,9 +10,7 @@ seconds and its final line once, at :meth:`Progress.close`::
     10/100 batches (10%) - 640 images - 212.4 images/s - 301 ms/batch - 3 s elapsed - ETA 27 s
     ...
     100/100 batches (100%) - 6400 images - 230.9 images/s - 277 ms/batch - 28 s
-    37/Unknown batches - 2368 images - 230.1 images/s - 278 ms/batch - 10 s elapsed
-
-(Keras' notation for a run of unknown length, ``N/Unknown``, and its time per step.)
+    37 batches - 2368 images - 230.1 images/s - 278 ms/batch - 10 s elapsed   (unknown length)
 """
 
 from __future__ import annotations
@@ -143,7 +141,7 @@ class Progress:
         if self.total:
             count = f"{self.steps}/{self.total} {units} ({100 * self.steps / self.total:.0f}%)"
         else:
-            count = f"{self.steps}/Unknown {units}"
+            count = f"{self.steps} {units if self.steps != 1 else self.unit}"
         # per step past the first (which traces), as the rate
         step = ((now - self.since) / (self.steps - 1) if self.steps > 1
                 else now - self.start)
