@@ -150,6 +150,11 @@ def _on_model(explainer: Any, model: Any):
     an object with a ``model`` attribute (xplique's explainers) shallow-copied with it
     replaced (as xplique does); else ``explainer`` is a factory ``explainer(model)``."""
     from ..attributions.base import BlackBoxExplainer
+    from ..attributions.meta import _MetaExplainer
+    if isinstance(explainer, _MetaExplainer):  # the wrapped explainer on model, rewrapped
+        settings = _settings(explainer)
+        inner = _on_model(settings.pop("explainer"), model)
+        return type(explainer)(inner, **settings)
     if isinstance(explainer, BlackBoxExplainer):
         return type(explainer)(model, **_settings(explainer))
     if hasattr(explainer, "model"):

@@ -488,3 +488,26 @@ def test_map_errors_are_named():
         metric(np.ones((6, D)))
     with pytest.raises(ValueError, match="explanations"):
         metric(np.full((7, D), np.nan))
+
+
+def test_meta_explainers_are_rebuilt_on_the_randomised_copy():
+    """Smoothed/TTA wrap an explainer: the wrapped one is rebuilt on the copy, then
+    rewrapped with the same settings (found by the demo)."""
+    from helpers import small_cnn
+    from saliencekit.attributions import TTA, GradCAM, Saliency, Smoothed
+    from saliencekit.metrics.randomization import _on_model
+
+    model = small_cnn(seed=0)
+    copy = keras.models.clone_model(model)  # as the metric copies: same layer names
+    copy.set_weights([w * 0.5 for w in model.get_weights()])
+    x = np.random.default_rng(0).random((3, 12, 12, 3)).astype("float32")
+    for explainer, fresh in [
+        (Smoothed(GradCAM(model), nb_samples=3, seed=2), Smoothed(GradCAM(copy), nb_samples=3,
+                                                                  seed=2)),
+        (TTA(Saliency(model), scales=(), hflip=True), TTA(Saliency(copy), scales=(),
+                                                          hflip=True)),
+    ]:
+        rebuilt = _on_model(explainer, copy)
+        assert rebuilt.model is copy and rebuilt.explainer.model is copy
+        np.testing.assert_allclose(rebuilt(x, [0, 1, 2]).numpy(), fresh(x, [0, 1, 2]).numpy(),
+                                   rtol=1e-6)
