@@ -240,6 +240,14 @@ def method_factories(conv_layer: str | None = None, fast: bool = False) -> dict:
         "Smoothed(GradCAM)": lambda m, **k: a.Smoothed(
             a.GradCAM(m, **cam, **k), nb_samples=samples // 2, seed=0),
         "TTA(GradCAM)": lambda m, **k: a.TTA(a.GradCAM(m, **cam, **k), scales=(0.75, 1.5)),
+        # the sampling family, with the cells of a 64-pixel image as features
+        "Rise": lambda m, **k: a.Rise(m, nb_samples=20 * samples, seed=0, **k),
+        "Lime": lambda m, **k: a.Lime(m, nb_samples=6 * samples, seed=0, **k),
+        "KernelShap": lambda m, **k: a.KernelShap(m, nb_samples=8 * samples, seed=0, **k),
+        "SobolAttributionMethod": lambda m, **k: a.SobolAttributionMethod(
+            m, grid_size=6, nb_design=16, seed=0, **k),
+        "HsicAttributionMethod": lambda m, **k: a.HsicAttributionMethod(
+            m, grid_size=6, nb_design=16 * samples, seed=0, **k),
     }
 
 
@@ -393,7 +401,8 @@ def run_demo(args) -> int:
 
     plot.require_matplotlib()  # before any heavy work
 
-    from saliencekit.commons import metrics, synthetic
+    from saliencekit import metrics
+    from saliencekit.commons import synthetic
     from saliencekit.commons.progress import Progress, is_interactive
 
     path = cache_dir() / f"demo-r{DEMO_RECIPE}-s{args.seed}-n{args.train}-e{args.epochs}.keras"
@@ -423,14 +432,26 @@ def run_demo(args) -> int:
     print(f"Explaining {len(images)} held-out images (their true class) with "
           f"{len(factories)} explainers:", flush=True)
     progress = Progress(0 if args.quiet else 1, len(factories), unit="method")
-    results, rows = {}, []
+    # faithfulness on the model itself (deleting / inserting the map's top pixels, 10 steps
+    # to a black image) and a sanity check (Adebayo et al.: how much the map still looks
+    # like itself once the top quarter of the layers is randomised, on 16 images)
+    deletion = metrics.Deletion(model, images, labels, batch_size=256, steps=10)
+    insertion = metrics.Insertion(model, images, labels, batch_size=256, steps=10)
+    randomisation = metrics.ModelRandomizationMetric(model, images[:16], labels[:16])
+    results, rows, curves = {}, [], {}
     for name, factory in factories.items():
         begin = time.perf_counter()
-        maps = factory(model).explain(images, labels, verbose=0).numpy()
+        explainer = factory(model)
+        maps = explainer.explain(images, labels, verbose=0).numpy()
         seconds = time.perf_counter() - begin
         results[name] = maps
+        curves[name] = (deletion.detailed_evaluate(maps, verbose=0),
+                        insertion.detailed_evaluate(maps, verbose=0))
+        sanity = randomisation.evaluate(explainer)
+        mass = metrics.relevance_mass(maps, masks)  # NaN for a map with no positive part
         rows.append((name, metrics.pointing_game(maps, masks).mean(),
-                     np.nanmean(metrics.relevance_mass(maps, masks)), seconds))
+                     np.nanmean(mass) if np.isfinite(mass).any() else np.nan,
+                     _area(curves[name][0]), _area(curves[name][1]), sanity, seconds))
         progress.update(len(images))
     progress.close()
 
@@ -441,17 +462,60 @@ def run_demo(args) -> int:
         row_titles=[synthetic.CLASS_NAMES[label] for label in labels[:shown]],
         path=figure,
     )
+    curves_figure = figure.with_name(figure.stem + "-curves.png")
+    plot_curves(curves, curves_figure)
+    random_maps = np.random.default_rng(args.seed).random(results["Saliency"].shape)
     area = masks.mean()
     print()
-    print(f"{'method':<22}{'pointing game':>14}{'mass in mask':>14}{'seconds':>9}")
-    for name, hit, mass, seconds in rows:
-        print(f"{name:<22}{hit:>14.0%}{mass:>14.2f}{seconds:>9.2f}")
-    print(f"{'(a random map)':<22}{area:>14.0%}{area:>14.2f}")
+    print(f"{'method':<24}{'pointing':>9}{'mass':>7}{'deletion':>10}{'insertion':>10}"
+          f"{'random.':>9}{'seconds':>9}")
+    for name, hit, mass, low, high, sanity, seconds in rows:
+        print(f"{name:<24}{hit:>9.0%}{mass:>7.2f}{low:>10.2f}{high:>10.2f}"
+              f"{sanity:>9.2f}{seconds:>9.2f}")
+    print(f"{'(a random map)':<24}{area:>9.0%}{area:>7.2f}"
+          f"{_area(deletion.detailed_evaluate(random_maps, verbose=0)):>10.2f}"
+          f"{_area(insertion.detailed_evaluate(random_maps, verbose=0)):>10.2f}")
     print()
-    print("pointing game: the map's maximum is inside the shape; mass in mask: the share of")
-    print("positive relevance on the shape's pixels. Seconds include compiling each kernel.")
-    print(f"Wrote {figure} ({shown} rows: the image, then each method's map).")
+    print("pointing: the map's maximum is inside the shape; mass: the share of positive")
+    print("relevance on the shape's pixels; deletion / insertion: the area under the class")
+    print("score (logit) as the map's top pixels are blacked out / put back on black, 10 steps")
+    print("(lower / higher is more faithful); random.: rank correlation of the map with the")
+    print("map of a copy of the model whose top layers are randomised (lower passes the")
+    print("sanity check). Seconds include compiling each kernel.")
+    print(f"Wrote {figure} ({shown} rows: the image, then each method's map) and")
+    print(f"{curves_figure} (mean deletion and insertion curves).")
     return 0
+
+
+def _area(curves) -> float:
+    """Mean area under per-input curves sampled at equal steps over [0, 1] (trapezoids)."""
+    import numpy as np
+
+    mean = np.asarray(curves, np.float64).mean(axis=0)
+    return float(np.sum((mean[1:] + mean[:-1]) / 2) / (len(mean) - 1))
+
+
+def plot_curves(curves: dict, path: Path) -> None:
+    """Mean deletion and insertion curves of a few methods (matplotlib, no pyplot)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 3.4), dpi=100)
+    FigureCanvasAgg(figure)
+    shown = [n for n in ("Saliency", "IntegratedGradients", "GradCAM", "Occlusion", "Rise",
+                         "KernelShap") if n in curves]
+    for column, (title, index) in enumerate((("deletion", 0), ("insertion", 1))):
+        axes = figure.add_subplot(1, 2, column + 1)
+        for name in shown:
+            mean = np.asarray(curves[name][index]).mean(axis=0)
+            axes.plot(np.linspace(0, 1, len(mean)), mean, label=name)
+        axes.set_title(title)
+        axes.set_xlabel("share of pixels " + ("removed" if index == 0 else "restored"))
+        axes.set_ylabel("class score (logit)")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path)
 
 
 # -- explain: the photos ----------------------------------------------------------------------

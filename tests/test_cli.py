@@ -460,7 +460,12 @@ def test_demo_writes_its_figure_where_asked(tmp_path):
     assert png.shape[0] > 100 and png.shape[1] > 100 and png.std() > 0
     for name in method_factories():
         assert name in result.stdout
-    assert re.search(r"^16/16 methods \(100%\)", result.stdout, re.MULTILINE)
+    count = len(method_factories())
+    assert re.search(rf"^{count}/{count} methods \(100%\)", result.stdout, re.MULTILINE)
+    curves = figure.with_name("demo-curves.png")  # deletion and insertion curves
+    assert tf.io.decode_png(tf.io.read_file(str(curves))).numpy().std() > 0
+    assert re.search(r"^GradCAM +\d+% +[\d.]+ +-?[\d.]+ +-?[\d.]+ +-?[\d.]+ ", result.stdout,
+                     re.MULTILINE)  # pointing, mass, deletion, insertion, randomisation
     assert "Held-out accuracy" in result.stdout and "cached at" in result.stdout
     assert len(list(env_cache.glob("*.keras"))) == 1
     status, err, _ = checks_only("demo", "--out", tmp_path / "cache" / next(
