@@ -91,25 +91,15 @@ def _check_dtype(argument: str, dtype: tf.DType) -> None:
 
 def _to_tensor(argument: str, value: Any) -> tf.Tensor:
     """Convert without copying twice; refuse strings, objects and ragged lists clearly."""
-    if isinstance(value, tf.Tensor):
-        tensor = value
-    else:
-        try:
-            array = np.asarray(value)
-        except ValueError as error:  # ragged nested lists
-            raise validation.type_error(argument, "a rectangular array", "ragged data") from error
-        if array.dtype.kind in "USOV":
-            raise validation.type_error(
-                argument, "a numeric or boolean array", f"an array of dtype {array.dtype}"
-            )
-        tensor = tf.convert_to_tensor(array)
+    tensor = value if isinstance(value, tf.Tensor) else tf.convert_to_tensor(
+        _to_array(argument, value))
     _check_dtype(argument, tensor.dtype)
     return tensor
 
 
 def _to_array(argument: str, value: Any) -> np.ndarray:
-    """A host numpy array of ``value`` (a tf.Tensor is read), refused as :func:`_to_tensor`
-    refuses it."""
+    """A host numpy array of ``value`` (a tf.Tensor is read); strings, objects, ragged lists
+    and types TensorFlow has no numeric dtype for are refused by name."""
     if isinstance(value, tf.Tensor):
         _check_dtype(argument, value.dtype)
         return value.numpy()
