@@ -1039,7 +1039,6 @@ def run_explain(args) -> int:
     resuming = check_output(out, settings, files)
 
     start_tensorflow(args.verbose)
-    import keras
     import numpy as np
     import tensorflow as tf
 
@@ -1048,7 +1047,9 @@ def run_explain(args) -> int:
 
     existed = out.exists()
     try:
-        model = keras.models.load_model(model_path, compile=False)
+        # keras.models.load_model that also opens Keras 2 .h5 files with depthwise or
+        # transposed convolutions (MobileNet, EfficientNet), which Keras 3 refuses
+        model = inspect_model.load_model(model_path)
     except Exception as error:  # Keras raises many kinds for unreadable files
         raise UsageError(f"--model: expected a saved Keras model (.keras or .h5), got "
                          f"{args.model!r}, which Keras cannot load "

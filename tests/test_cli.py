@@ -294,8 +294,11 @@ def test_options_reach_the_explainer(photos, softmax_cnn, tmp_path):
 
 
 def test_a_keras_applications_model_saved_as_h5(photos, tmp_path):
-    model = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None,
-                                           classes=3)  # ends with a softmax
+    """Saved by Keras 2 (tf_keras), as most .h5 files are: Keras 3 alone cannot load it
+    (its DepthwiseConv2D configs carry groups=1)."""
+    tf_keras = pytest.importorskip("tf_keras")  # in the test extra
+    model = tf_keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35,
+                                              weights=None, classes=3)  # ends with a softmax
     path = tmp_path / "mobilenet.h5"
     model.save(path)
     out = tmp_path / "out"
