@@ -17,7 +17,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from ..commons import validation
+from ..commons import batch_ops, validation
 from .base import BlackBoxExplainer
 
 
@@ -76,10 +76,7 @@ class SampledExplainer(BlackBoxExplainer):
         batch = tf.shape(inputs, out_type=tf.int64)[0]
         copies = tf.clip_by_value(self.batch_size // batch, 1, total)  # copies per pass
         chunks = (total + copies - 1) // copies
-        tiled = None
-        if targets is not None:  # (B, ...) -> (copies * B, ...), sample-major
-            multiples = tf.concat([[copies], tf.ones([targets.shape.rank], tf.int64)], 0)
-            tiled = tf.reshape(tf.tile(targets[None], multiples), (-1, *targets.shape[1:]))
+        tiled = batch_ops.tile(targets, copies)  # (copies * B, ...), sample-major
         context = self._setup(inputs, targets, seeds)
         sample_shape = inputs.shape[1:]
 

@@ -8,7 +8,15 @@ import pytest
 import tensorflow as tf
 
 from helpers import CAMS, EXPLAINERS, GRAPH_ONLY, explainer_factories
-from saliencekit.attributions import FullGrad, GradCAM, Occlusion, Saliency, Smoothed, SmoothGrad
+from saliencekit.attributions import (
+    FullGrad,
+    GradCAM,
+    Occlusion,
+    Rise,
+    Saliency,
+    Smoothed,
+    SmoothGrad,
+)
 
 tf_keras = pytest.importorskip("tf_keras")  # in the test extra: must be there in CI
 
@@ -231,11 +239,17 @@ def detector(boxes=3):
         [part(2, 0.5), part(2, 0.5, 0.5), part(5)]))
 
 
-@pytest.mark.parametrize("method", [Saliency, Occlusion])
+DETECTION_METHODS = {
+    "Saliency": lambda m, **k: Saliency(m, **k),
+    "Occlusion": lambda m, **k: Occlusion(m, patch_size=4, **k),
+    "Rise": lambda m, **k: Rise(m, nb_samples=64, seed=0, **k),  # the sampling family's loop
+}
+
+
+@pytest.mark.parametrize("method", sorted(DETECTION_METHODS))
 def test_detection_targets_of_any_count_and_rank_in_any_order(method):
     model = detector(boxes=3)
-    explainer = method(model, operator="object detection", **(
-        {"patch_size": 4} if method is Occlusion else {}))
+    explainer = DETECTION_METHODS[method](model, operator="object detection")
     predictions = model(X).numpy()
     one = predictions[:, 0]  # (N, 7)
     four = np.concatenate([predictions, predictions[:, :1]], 1)  # (N, K=4, 7): K != 3 boxes
