@@ -152,3 +152,16 @@ GRAPH_ONLY = CAMS | {"FullGrad", "GuidedBackprop", "DeconvNet"}
 IMAGES_ONLY = {"TTASaliency", "Sobol", "Hsic"}
 # black-box methods: no output_layer; their maps have no per-channel gradients
 BLACK_BOX = {"Occlusion", "Rise", "Lime", "KernelShap", "Sobol", "Hsic"}
+#: one explainer per mechanism (plain gradient, path integral, CAM, biases, substituted
+#: layers, meta-explainer, patches, sampled masks): for tests of how a *model* is read, where
+#: every other explainer goes through the same model-normalisation path
+REPRESENTATIVES = {"Saliency", "IntegratedGradients", "GradCAM", "FullGrad", "GuidedBackprop",
+                   "SmoothedGradCAM", "Occlusion", "Rise"}
+
+
+def thorough(names, keep):
+    """``names`` as pytest parameters, those not in ``keep`` marked ``slow`` (``--slow``)."""
+    import pytest
+
+    return [name if name in keep else pytest.param(name, marks=pytest.mark.slow)
+            for name in names]

@@ -7,13 +7,26 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import EXPLAINERS, GRAPH_ONLY, explainer_factories, nested_cnn, small_cnn
+from helpers import (
+    BLACK_BOX,
+    EXPLAINERS,
+    GRAPH_ONLY,
+    explainer_factories,
+    nested_cnn,
+    small_cnn,
+    thorough,
+)
 from saliencekit.attributions import GradCAM, Saliency, SmoothGrad
 
 FACTORIES = explainer_factories()
 
 
-@pytest.mark.parametrize("name", EXPLAINERS)
+#: the sampling family's batch-size invariance is a property test over any batch size in
+#: test_blackbox.py (test_a_seed_repeats_a_run_for_any_batch_size); here it is the slow variant
+SAMPLED = BLACK_BOX - {"Occlusion"}
+
+
+@pytest.mark.parametrize("name", thorough(EXPLAINERS, set(EXPLAINERS) - SAMPLED))
 def test_batch_size_never_changes_the_answer(name, images, labels):
     """Deterministic methods, and seeded stochastic ones: noise is keyed by input index."""
     model = nested_cnn()
@@ -228,7 +241,9 @@ def test_reducer_takes_effect(reducer, images, labels):
     np.testing.assert_allclose(maps, expected, rtol=1e-5, atol=1e-8)
 
 
-@pytest.mark.parametrize("name", EXPLAINERS)
+#: KernelShap stands for the closed-form linear fit Lime shares (commons/linear.py), Sobol for
+#: the sensitivity-analysis kernels HSIC shares (attributions/gsa.py)
+@pytest.mark.parametrize("name", thorough(EXPLAINERS, set(EXPLAINERS) - {"Lime", "Hsic"}))
 def test_jit_compile_gives_the_same_maps(name, images, labels):
     """XLA draws other noise from a seed: noisy methods are compared without noise."""
     model = small_cnn()

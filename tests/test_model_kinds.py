@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import CAMS, EXPLAINERS, GRAPH_ONLY, explainer_factories
+from helpers import CAMS, EXPLAINERS, GRAPH_ONLY, REPRESENTATIVES, explainer_factories, thorough
 from saliencekit.attributions import (
     FullGrad,
     GradCAM,
@@ -30,16 +30,15 @@ def conv_head(inputs):
     return keras.layers.Dense(3, name="dense")(keras.layers.GlobalAveragePooling2D()(x))
 
 
-def test_one_element_input_and_output_lists_are_the_single_io_model():
+@pytest.mark.parametrize("name", thorough(EXPLAINERS, REPRESENTATIVES))
+def test_one_element_input_and_output_lists_are_the_single_io_model(name):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((8, 8, 1))
     outputs = conv_head(inputs)
     listed = keras.Model([inputs], [outputs])
     plain = keras.Model(inputs, outputs)  # the same layers
-    for name in EXPLAINERS:
-        np.testing.assert_allclose(
-            FACTORIES[name](listed)(X, Y).numpy(), FACTORIES[name](plain)(X, Y).numpy(),
-            rtol=1e-5, atol=1e-7, err_msg=name)
+    np.testing.assert_allclose(FACTORIES[name](listed)(X, Y).numpy(),
+                               FACTORIES[name](plain)(X, Y).numpy(), rtol=1e-5, atol=1e-7)
 
 
 def tf_keras_functional(seed=0):

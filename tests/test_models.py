@@ -5,7 +5,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import BLACK_BOX, CAMS, EXPLAINERS, GRAPH_ONLY, IMAGES_ONLY, explainer_factories
+from helpers import (
+    BLACK_BOX,
+    CAMS,
+    EXPLAINERS,
+    GRAPH_ONLY,
+    IMAGES_ONLY,
+    REPRESENTATIVES,
+    explainer_factories,
+    thorough,
+)
 from saliencekit.attributions import FullGrad, GradCAM, Occlusion, Saliency, SmoothGrad
 
 FACTORIES = explainer_factories()
@@ -99,17 +108,22 @@ def test_time_series_and_tabular_inputs():
         GradCAM(table)
 
 
-def test_a_model_loaded_from_a_keras_file(tmp_path, images, labels):
+@pytest.fixture(scope="module")
+def saved_and_loaded(tmp_path_factory):
     from helpers import functional_cnn
 
     model = functional_cnn()
-    path = tmp_path / "model.keras"
+    path = tmp_path_factory.mktemp("saved") / "model.keras"
     model.save(path)
-    loaded = keras.models.load_model(path)
-    for name in EXPLAINERS:
-        np.testing.assert_allclose(
-            FACTORIES[name](loaded)(images, labels).numpy(),
-            FACTORIES[name](model)(images, labels).numpy(), rtol=1e-5, atol=1e-7, err_msg=name)
+    return model, keras.models.load_model(path)
+
+
+@pytest.mark.parametrize("name", thorough(EXPLAINERS, REPRESENTATIVES))
+def test_a_model_loaded_from_a_keras_file(name, saved_and_loaded, images, labels):
+    model, loaded = saved_and_loaded
+    np.testing.assert_allclose(FACTORIES[name](loaded)(images, labels).numpy(),
+                               FACTORIES[name](model)(images, labels).numpy(), rtol=1e-5,
+                               atol=1e-7)
 
 
 def test_a_lazily_built_sequential_with_a_fixed_batch_in_its_input():
@@ -215,10 +229,18 @@ def test_integer_image_inputs_are_explained_through_their_float_cast(images, lab
     np.testing.assert_allclose(GradCAM(uint8_model)(x, labels).numpy(),
                                GradCAM(float_model)(x / 255, labels).numpy(), rtol=1e-4,
                                atol=1e-7)
-    for name in EXPLAINERS:
-        maps = FACTORIES[name](uint8_model)(x, labels).numpy()
-        # signed methods (Lime, KernelShap) may be negative everywhere
-        assert np.isfinite(maps).all() and np.abs(maps).max() > 0, name
+
+
+@pytest.mark.parametrize("name", thorough(EXPLAINERS, REPRESENTATIVES))
+def test_every_explainer_takes_integer_images(name, images, labels):
+    pixels = keras.Input((12, 12, 3), dtype="uint8")
+    scaled = keras.layers.Rescaling(1 / 255)(pixels)
+    features = keras.layers.Conv2D(6, 3, activation="relu", name="conv")(scaled)
+    uint8_model = keras.Model(
+        pixels, keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(features)))
+    maps = FACTORIES[name](uint8_model)(np.round(images * 255).astype("uint8"), labels).numpy()
+    # signed methods (Lime, KernelShap) may be negative everywhere
+    assert np.isfinite(maps).all() and np.abs(maps).max() > 0
     assert uint8_model.inputs[0].dtype == "uint8"  # the user's model is untouched
 
 
