@@ -11,6 +11,7 @@ chunk of at most ``batch_size`` of them per forward pass, whatever ``steps`` or
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any
 
@@ -45,8 +46,26 @@ def ranks(values: tf.Tensor) -> tf.Tensor:
     mean = tf.math.unsorted_segment_mean(tf.reshape(position, [-1]), tf.reshape(ids, [-1]),
                                          batch * size)
     sorted_ranks = tf.reshape(tf.gather(mean, tf.reshape(ids, [-1])), (batch, size))
-    inverse = tf.argsort(order, axis=1)
-    return tf.gather(sorted_ranks, inverse, batch_dims=1)
+    return tf.gather(sorted_ranks, inverse_permutation(order), batch_dims=1)
+
+
+def inverse_permutation(order: tf.Tensor) -> tf.Tensor:
+    """``(B, F)`` row-wise permutations -> their inverses: for ``order`` an argsort, each
+    element's place in the sorted row. One linear-time ``invert_permutation`` over the
+    rows laid end to end (a second argsort costs as much as the first: 17 ms for 64 rows
+    of 4096 on 2 cores, this 0.7 ms)."""
+    order = tf.cast(order, tf.int32)
+    batch, size = tf.shape(order)[0], tf.shape(order)[1]
+    shift = tf.range(batch)[:, None] * size
+    flat = tf.math.invert_permutation(tf.reshape(order + shift, [-1]))
+    return tf.reshape(flat, (batch, size)) - shift
+
+
+def order_ranks(values: tf.Tensor, descending: bool = True) -> tf.Tensor:
+    """``(B, F)`` -> each feature's 0-based place when its row is sorted (descending by
+    default), ties in position order (the first in row-major order goes first)."""
+    direction = "DESCENDING" if descending else "ASCENDING"
+    return inverse_permutation(tf.argsort(values, axis=1, direction=direction, stable=True))
 
 
 def pearson(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
@@ -151,8 +170,13 @@ class BaseAttributionMetric(runner.Runner):
             start = chunk * per_pass
             pair = tf.range(start, tf.minimum(start + per_pass, total))
             variant, row = pair // valid, pair % valid
-            rows = tf.nest.map_structure(
-                lambda d, r=row: d if d.shape.rank == 0 else tf.gather(d, r), data)
+            # a chunk of every row of one variant (batch_size a multiple of the rows, the
+            # usual case) takes the rows as they are: no copy
+            whole = (valid == batch) & (tf.size(pair, out_type=tf.int64) == valid)
+            rows = tf.cond(
+                whole, lambda: data,
+                lambda r=row: tf.nest.map_structure(
+                    lambda d: d if d.shape.rank == 0 else tf.gather(d, r), data))
             values = compute(rows, variant, row, start)
             values = (values,) if tf.is_tensor(values) else tuple(values)
             arrays = tuple(a.write(tf.cast(chunk, tf.int32), tf.cast(v, tf.float32))
@@ -164,17 +188,50 @@ class BaseAttributionMetric(runner.Runner):
             results.append(tf.transpose(flat))  # (B, count)
         return results[0] if outputs == 1 else tuple(results)
 
-    def _noise(self, shape, seed, offset, valid, variant, row, stream: int = 0):
-        """Standard normal noise ``(P, *shape)`` for each pair of :meth:`_over_variants`,
-        keyed by (seed, the row's index in the user's data, variant): the same whatever
-        batch the row sits in and whatever ``batch_size``."""
-        first = variant[0]
+    def _noise(self, shape, seed, offset, valid, variant, row, stream: int = 0,
+               uniform: bool = False):
+        """Standard normal noise ``(P, *shape)`` (``uniform``: uniform in ``[-1, 1]``) for
+        each pair of :meth:`_over_variants`, keyed by (seed, the row's index in the user's
+        data, variant): the same whatever batch the row sits in and whatever
+        ``batch_size``. The pairs of a chunk are consecutive: a chunk within one variant
+        (the usual case) draws its rows only, else each variant's rows are drawn whole and
+        the chunk's run of them sliced out."""
+
+        def draw(first_row, rows, sample):
+            return _philox(shape, seed, offset + first_row, rows, sample, stream, uniform)
+
+        first, begin = variant[0], row[0]
+        size = tf.size(variant, out_type=tf.int64)
         distinct = variant[-1] - first + 1
-        draws = tf.map_fn(
-            lambda v: random.gaussian(shape, seed, offset, valid, v, stream),
-            first + tf.range(distinct, dtype=tf.int64),
-            fn_output_signature=tf.TensorSpec((None, *shape), tf.float32))
-        return tf.gather_nd(draws, tf.stack([variant - first, row], axis=1))
+
+        def spanning():
+            draws = tf.map_fn(
+                lambda v: draw(tf.constant(0, tf.int64), valid, v),
+                first + tf.range(distinct, dtype=tf.int64),
+                fn_output_signature=tf.TensorSpec((None, *shape), tf.float32))
+            return tf.reshape(draws, (-1, *shape))[begin:begin + size]
+
+        return tf.cond(distinct == 1, lambda: draw(begin, size, first), spanning)
+
+
+def _philox(shape, seed, first_row, rows, sample, stream, uniform):
+    """:func:`saliencekit.commons.random.gaussian`, or with ``uniform`` the same Philox
+    stream drawn uniform in ``[-1, 1]`` (4 numbers per counter step either way, so rows
+    stay aligned); uniform draws cost a quarter of normal ones (5.5 vs 20 ms for
+    ``64 x 64 x 64 x 3`` on 2 cores)."""
+    if not uniform:
+        return random.gaussian(shape, seed, first_row, rows, sample, stream)
+    size = math.prod(shape)
+    blocks = (size + 3) // 4
+    key = tf.bitwise.bitwise_or(
+        tf.bitwise.left_shift(tf.cast(seed, tf.int64), 32),
+        tf.bitwise.bitwise_and(tf.cast(sample, tf.int64), 0xFFFFFFFF))
+    counter = tf.stack([tf.cast(first_row, tf.int64) * blocks, tf.constant(stream, tf.int64)])
+    draws = tf.raw_ops.StatelessRandomUniformV2(
+        shape=tf.stack([tf.cast(rows, tf.int32), 4 * blocks]),
+        key=tf.bitcast(key, tf.uint64)[None], counter=tf.bitcast(counter, tf.uint64),
+        alg=1, dtype=tf.float32)  # Philox
+    return tf.reshape(draws[:, :size] * 2.0 - 1.0, (-1, *shape))
 
 
 class ExplanationMetric(BaseAttributionMetric):

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..commons import validation
-from .base import ExplanationMetric, spearman
+from .base import ExplanationMetric, order_ranks, spearman
 
 _EPS = 1e-8
 
@@ -133,8 +133,7 @@ class CausalFidelity(_Perturbation):
     def _step(self, inputs, targets, offset, seed, maps, valid):
         batch = tf.shape(inputs)[0]
         phi = tf.reshape(maps, (batch, -1))
-        order = tf.argsort(phi, axis=1, direction="DESCENDING", stable=True)
-        rank = tf.argsort(order, axis=1)  # each feature's place in the order
+        rank = order_ranks(phi)  # each feature's place in the order
         flipped = tf.constant(self.features_perturbed)
         baseline = self._baseline(inputs)
 
@@ -474,8 +473,7 @@ class ROAD(_Perturbation):
         removed_counts = tf.constant(
             [round(p * count) for p in self.percentages], tf.int32)
         phi = tf.reshape(maps, (batch, -1))
-        direction = "DESCENDING" if self.order == "morf" else "ASCENDING"
-        rank = tf.argsort(tf.argsort(phi, axis=1, direction=direction, stable=True), axis=1)
+        rank = order_ranks(phi, descending=self.order == "morf")
         iterations = self.max_iterations or 2 * (height + width)
 
         def compute(rows, variant, row, start):

@@ -125,9 +125,8 @@ class _Neighbourhood(ExplainerMetric):
             x = tf.nest.flatten(rows["x"])
             noisy = []
             for leaf, value in enumerate(x):
-                z = self._noise(tuple(value.shape[1:]), seed, offset, valid, variant, row,
-                                stream=leaf)
-                uniform = tf.math.erf(z / np.sqrt(2.0))  # 2 Phi(z) - 1: uniform in [-1, 1]
+                uniform = self._noise(tuple(value.shape[1:]), seed, offset, valid, variant,
+                                      row, stream=leaf, uniform=True)
                 noisy.append(value + self.radius * uniform)
             neighbours = tf.nest.pack_sequence_as(rows["x"], noisy)
             maps = explain(neighbours, rows.get("t"), offset * (nb + 1) + start + 1)
