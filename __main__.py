@@ -4,7 +4,10 @@ python -m saliencekit demo
     Trains a small CNN on synthetic shapes whose evidence is known pixel by pixel, explains
     held-out images with every explainer, writes a PNG grid and prints, per method, how often
     the map's maximum falls inside the evidence (pointing game), the share of relevance
-    inside it, and the time taken.
+    inside it, and the time taken. --model vit does the same with a tiny vision
+    transformer (CAMs on its tokens, attention rollout, transformer attribution); --model
+    text trains a small transformer on token sequences whose class is one keyword among
+    distractors and scores each method's per-token map against the keyword's position.
 
 python -m saliencekit explain --model M.keras --images DIR_OR_FILES --method NAME
     Explains your photos with your saved Keras model, streaming them from disk (memory is
@@ -49,6 +52,15 @@ PROG = "python -m saliencekit"
 #: bump when the demo's data or model recipe changes, so cached models are not reused
 DEMO_RECIPE = 1
 DEMO_SIZE = 64
+#: the demo's models (--model) -> (recipe version, training examples, epochs) by default
+DEMO_MODELS: dict[str, tuple[int, int, int]] = {"cnn": (DEMO_RECIPE, 3000, 5),
+                                                "vit": (1, 3000, 10), "text": (1, 2000, 8)}
+#: the ViT's patches and width, the text task's sequences
+VIT_PATCH, VIT_DIM, TEXT_LENGTH, TEXT_CLASSES, TEXT_DIM = 8, 32, 16, 4, 32
+#: the text task's vocabulary: synthetic.keywords' (pad, keywords, 40 distractors), then a
+#: [MASK] token, never seen in training, that the black-box methods put in place of tokens
+TEXT_WORDS = 40
+TEXT_MASK_ID = 1 + TEXT_CLASSES + TEXT_WORDS
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: ``demo --out`` ending with one of these is the figure's path, not a directory
 FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
@@ -251,6 +263,68 @@ def method_factories(conv_layer: str | None = None, fast: bool = False) -> dict:
     }
 
 
+def vit_method_factories(fast: bool = False) -> dict:
+    """name -> ``callable(model)``: the methods the ViT demo runs (the CAMs on the last
+    block's tokens, the attention methods on the mean of tokens, the head's pooling)."""
+    from saliencekit import attributions as a
+
+    samples = 10 if fast else 25
+    return {
+        "Saliency": lambda m: a.Saliency(m),
+        "SmoothGrad": lambda m: a.SmoothGrad(m, nb_samples=samples, seed=0),
+        "GradientInput": lambda m: a.GradientInput(m),
+        "IntegratedGradients": lambda m: a.IntegratedGradients(m, steps=samples),
+        "GradCAM": lambda m: a.GradCAM(m),
+        "GradCAMPP": lambda m: a.GradCAMPP(m),
+        "LayerCAM": lambda m: a.LayerCAM(m),
+        "ScoreCAM": lambda m: a.ScoreCAM(m),
+        "AttentionRollout": lambda m: a.AttentionRollout(m, token="mean"),
+        "TransformerAttribution": lambda m: a.TransformerAttribution(m, token="mean"),
+        "Occlusion": lambda m: a.Occlusion(m, patch_size=VIT_PATCH, patch_stride=VIT_PATCH // 2),
+        "Rise": lambda m: a.Rise(m, nb_samples=20 * samples, seed=0),
+    }
+
+
+def text_method_factories(fast: bool = False, mask_id: int = 0) -> dict:
+    """name -> ``callable(model)``: the methods the text demo runs, each giving per-token
+    maps ``(N, T)`` (gradients at the token embedding, CAMs on the last block's tokens,
+    attention on the mean of tokens, black-box methods hiding tokens behind ``mask_id``:
+    a ``[MASK]`` token; the pad id would leave a sequence with every token hidden empty,
+    and a masked mean of no token is NaN)."""
+    from saliencekit import attributions as a
+
+    samples = 10 if fast else 25
+    return {
+        "Saliency": lambda m: a.Saliency(m),
+        "SmoothGrad": lambda m: a.SmoothGrad(m, nb_samples=samples, seed=0),
+        "GradientInput": lambda m: a.GradientInput(m),
+        "IntegratedGradients": lambda m: a.IntegratedGradients(m, steps=samples),
+        "GradCAM": lambda m: a.GradCAM(m),
+        "LayerCAM": lambda m: a.LayerCAM(m),
+        "AttentionRollout": lambda m: a.AttentionRollout(m, token="mean"),
+        "TransformerAttribution": lambda m: a.TransformerAttribution(m, token="mean"),
+        "Occlusion": lambda m: a.Occlusion(m, patch_size=1, occlusion_value=mask_id),
+        "KernelShap": lambda m: a.KernelShap(m, nb_samples=8 * samples, ref_value=mask_id,
+                                             seed=0),
+        "Lime": lambda m: a.Lime(m, nb_samples=8 * samples, ref_value=mask_id, seed=0),
+    }
+
+
+def select_methods(factories: dict, names: str | None) -> dict:
+    """``--methods A,B``: those of ``factories`` (matched as --method matches names)."""
+    if names is None:
+        return factories
+    known = {_key(name): name for name in factories}
+    chosen = []
+    for name in (n.strip() for n in names.split(",")):
+        match = known.get(_key(name)) or known.get(_key(ALIASES.get(_key(name), "")))
+        if match is None:
+            raise UsageError(f"--methods: expected names among {', '.join(factories)}, got "
+                             f"{name!r}.")
+        chosen.append(match)
+    return {name: factories[name] for name in dict.fromkeys(chosen)}
+
+
 # -- messages and logs ------------------------------------------------------------------------
 def cli_text(message: str, method: str | None = None) -> str:
     """A library message in the command line's words, on one line: ``targets: expected
@@ -376,8 +450,124 @@ def train_demo_model(seed: int, train: int, epochs: int, verbose: int):
     return model
 
 
-def figure_path(out: str) -> Path:
-    """``demo --out``: a directory (the figure is ``demo.png`` in it) or the figure's path,
+@functools.cache
+def demo_layers() -> dict:
+    """The demo transformers' own layer (registered, so their cached files load)."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="saliencekit_demo")
+    class AddPositions(keras.layers.Layer):
+        """Learnt position embeddings added to the tokens (padding masks pass through)."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.supports_masking = True
+
+        def build(self, input_shape):
+            self.positions = self.add_weight(
+                shape=(1, *input_shape[1:]), name="positions",
+                initializer=keras.initializers.RandomNormal(stddev=0.02))
+
+        def call(self, tokens):
+            return tokens + keras.ops.cast(self.positions, tokens.dtype)
+
+    return {"AddPositions": AddPositions}
+
+
+def _encoder(x, dim: int, heads: int, blocks: int):
+    """Pre-norm transformer blocks (MultiHeadAttention + MLP), a final norm and the mean of
+    the tokens (padding excluded)."""
+    import keras
+
+    layers = keras.layers
+    for b in range(blocks):
+        h = layers.LayerNormalization(epsilon=1e-6, name=f"block{b}_norm1")(x)
+        h = layers.MultiHeadAttention(heads, dim // heads, name=f"block{b}_attention")(h, h)
+        x = layers.Add(name=f"block{b}_add")([x, h])
+        h = layers.LayerNormalization(epsilon=1e-6, name=f"block{b}_norm2")(x)
+        h = layers.Dense(2 * dim, activation="gelu", name=f"block{b}_mlp1")(h)
+        h = layers.Dense(dim, name=f"block{b}_mlp2")(h)
+        x = layers.Add(name=f"block{b}_out")([x, h])
+    x = layers.LayerNormalization(epsilon=1e-6, name="norm")(x)
+    return layers.GlobalAveragePooling1D(name="mean_of_tokens")(x)
+
+
+def vit_model(seed: int):
+    """The demo's tiny ViT: a 3x3 convolution (16 channels), 8x8 patches by a strided
+    Conv2D (dim 32), learnt positions, 2 blocks of 4 heads, a head on the mean of tokens.
+    Without the 3x3 convolution, a minute of training left it at ~40% (chance 25%)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    layers = keras.layers
+    grid = DEMO_SIZE // VIT_PATCH
+    inputs = keras.Input((DEMO_SIZE, DEMO_SIZE, 3))
+    x = layers.Conv2D(16, 3, padding="same", activation="relu", name="stem")(inputs)
+    x = layers.Conv2D(VIT_DIM, VIT_PATCH, strides=VIT_PATCH, name="patches")(x)
+    x = layers.Reshape((grid * grid, VIT_DIM), name="tokens")(x)
+    x = demo_layers()["AddPositions"](name="positions")(x)
+    x = _encoder(x, VIT_DIM, heads=4, blocks=2)
+    return keras.Model(inputs, layers.Dense(4, name="logits")(x), name="shapes_vit")
+
+
+def text_model(seed: int, vocabulary: int):
+    """The demo's text transformer: token embeddings (id 0 is masked padding), learnt
+    positions, 2 blocks of 4 heads, a head on the mean of the tokens."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((TEXT_LENGTH,), dtype="int32")
+    x = keras.layers.Embedding(vocabulary, TEXT_DIM, mask_zero=True, name="embedding")(inputs)
+    x = demo_layers()["AddPositions"](name="positions")(x)
+    x = _encoder(x, TEXT_DIM, heads=4, blocks=2)
+    return keras.Model(inputs, keras.layers.Dense(TEXT_CLASSES, name="logits")(x),
+                       name="keywords_transformer")
+
+
+def fit_demo(model, x, y, epochs: int, verbose: int, learning_rate: float = 2e-3):
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(x, y, batch_size=32, epochs=epochs, verbose=verbose, shuffle=True)
+    return model
+
+
+def demo_settings(args) -> tuple[int, int, Path]:
+    """``(training examples, epochs, cached model path)`` of --model; the CNN's file name
+    is the one it always had."""
+    recipe, train, epochs = DEMO_MODELS[args.model]
+    train, epochs = args.train or train, args.epochs or epochs
+    kind = "" if args.model == "cnn" else f"{args.model}-"
+    name = f"demo-{kind}r{recipe}-s{args.seed}-n{train}-e{epochs}.keras"
+    return train, epochs, cache_dir() / name
+
+
+def cached_model(args, path: Path, train: Callable, what: str):
+    """The demo's model from the cache, else trained (``train(verbose)``) and cached."""
+    import keras
+
+    from saliencekit.commons.progress import is_interactive
+
+    start = time.perf_counter()
+    if path.exists() and not args.retrain:
+        model = keras.models.load_model(path, custom_objects=demo_layers())
+        print(f"Loaded the trained demo model from {path} (--retrain to train it again).")
+        return model
+    print(f"Training {what}...", flush=True)
+    # a bar on a terminal, one line per epoch in a log
+    model = train(0 if args.quiet else 1 if is_interactive(sys.stdout) else 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    print(f"Trained in {time.perf_counter() - start:.0f} s; cached at {path}.")
+    return model
+
+
+def figure_path(out: str, name: str = "demo") -> Path:
+    """``demo --out``: a directory (the figure is ``name.png`` in it) or the figure's path,
     when it ends with an image suffix and is not an existing directory."""
     path = Path(out)
     if path.suffix.lower() in FIGURE_SUFFIXES and not path.is_dir():
@@ -388,37 +578,47 @@ def figure_path(out: str) -> Path:
     if path.exists() and not path.is_dir():
         raise UsageError(f"--out: expected a directory or a path ending with "
                          f"{', '.join(FIGURE_SUFFIXES)}, got {out!r}, an existing file.")
-    return path / "demo.png"
+    return path / f"{name}.png"
 
 
 def run_demo(args) -> int:
-    figure = figure_path(args.out)
+    figure = figure_path(args.out, "demo" if args.model == "cnn" else f"demo-{args.model}")
     start_tensorflow(args.verbose)  # before saliencekit.commons, which imports TensorFlow
-    import keras
-    import numpy as np
-
+    if args.model == "cnn":
+        factories = method_factories("last_conv", fast=args.fast)
+    else:
+        factories = vit_method_factories(args.fast) if args.model == "vit" else \
+            text_method_factories(args.fast, mask_id=TEXT_MASK_ID)
+    factories = select_methods(factories, args.methods)
     from saliencekit.commons import plot
 
     plot.require_matplotlib()  # before any heavy work
+    if args.model == "text":
+        return run_text_demo(args, figure, factories)
+    return run_image_demo(args, figure, factories)
+
+
+def run_image_demo(args, figure: Path, factories: dict) -> int:
+    import numpy as np
 
     from saliencekit import metrics
-    from saliencekit.commons import synthetic
-    from saliencekit.commons.progress import Progress, is_interactive
+    from saliencekit.commons import plot, synthetic
+    from saliencekit.commons.progress import Progress
 
-    path = cache_dir() / f"demo-r{DEMO_RECIPE}-s{args.seed}-n{args.train}-e{args.epochs}.keras"
-    start = time.perf_counter()
-    if path.exists() and not args.retrain:
-        model = keras.models.load_model(path)
-        print(f"Loaded the trained demo model from {path} (--retrain to train it again).")
+    train, epochs, path = demo_settings(args)
+    if args.model == "cnn":
+        what = "a small CNN"
+        train_model = functools.partial(train_demo_model, args.seed, train, epochs)
     else:
-        print(f"Training a small CNN on {args.train} synthetic {DEMO_SIZE}x{DEMO_SIZE} images "
-              f"of 4 shapes on cluttered backgrounds ({args.epochs} epochs)...", flush=True)
-        # a bar on a terminal, one line per epoch in a log
-        fit_verbose = 0 if args.quiet else 1 if is_interactive(sys.stdout) else 2
-        model = train_demo_model(args.seed, args.train, args.epochs, verbose=fit_verbose)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        model.save(path)
-        print(f"Trained in {time.perf_counter() - start:.0f} s; cached at {path}.")
+        what = f"a tiny ViT ({VIT_PATCH}x{VIT_PATCH} patches, 2 blocks)"
+
+        def train_model(verbose):
+            data = synthetic.shapes(train, size=DEMO_SIZE, seed=args.seed + 1)
+            return fit_demo(vit_model(args.seed), data.images, data.labels, epochs, verbose)
+
+    model = cached_model(args, path, lambda verbose: train_model(verbose=verbose),
+                         f"{what} on {train} synthetic {DEMO_SIZE}x{DEMO_SIZE} images of 4 "
+                         f"shapes on cluttered backgrounds ({epochs} epochs)")
     held_out = synthetic.shapes(max(args.samples, 500), size=DEMO_SIZE, seed=args.seed + 10_000)
     logits = model.predict(held_out.images, batch_size=250, verbose=0)
     accuracy = float(np.mean(np.argmax(logits, -1) == held_out.labels))
@@ -428,16 +628,17 @@ def run_demo(args) -> int:
     images = held_out.images[:args.samples]
     labels = held_out.labels[:args.samples]
     masks = held_out.masks[:args.samples]
-    factories = method_factories("last_conv", fast=args.fast)
     print(f"Explaining {len(images)} held-out images (their true class) with "
           f"{len(factories)} explainers:", flush=True)
     progress = Progress(0 if args.quiet else 1, len(factories), unit="method")
-    # faithfulness on the model itself (deleting / inserting the map's top pixels, 10 steps
-    # to a black image) and a sanity check (Adebayo et al.: how much the map still looks
-    # like itself once the top quarter of the layers is randomised, on 16 images)
-    deletion = metrics.Deletion(model, images, labels, batch_size=256, steps=10)
-    insertion = metrics.Insertion(model, images, labels, batch_size=256, steps=10)
-    randomisation = metrics.ModelRandomizationMetric(model, images[:16], labels[:16])
+    scored = not args.no_metrics
+    if scored:
+        # faithfulness on the model itself (deleting / inserting the map's top pixels, 10
+        # steps to a black image) and a sanity check (Adebayo et al.: how much the map still
+        # looks like itself once the top quarter of the layers is randomised, on 16 images)
+        deletion = metrics.Deletion(model, images, labels, batch_size=256, steps=10)
+        insertion = metrics.Insertion(model, images, labels, batch_size=256, steps=10)
+        randomisation = metrics.ModelRandomizationMetric(model, images[:16], labels[:16])
     results, rows, curves = {}, [], {}
     for name, factory in factories.items():
         begin = time.perf_counter()
@@ -445,13 +646,15 @@ def run_demo(args) -> int:
         maps = explainer.explain(images, labels, verbose=0).numpy()
         seconds = time.perf_counter() - begin
         results[name] = maps
-        curves[name] = (deletion.detailed_evaluate(maps, verbose=0),
-                        insertion.detailed_evaluate(maps, verbose=0))
-        sanity = randomisation.evaluate(explainer)
         mass = metrics.relevance_mass(maps, masks)  # NaN for a map with no positive part
-        rows.append((name, metrics.pointing_game(maps, masks).mean(),
-                     np.nanmean(mass) if np.isfinite(mass).any() else np.nan,
-                     _area(curves[name][0]), _area(curves[name][1]), sanity, seconds))
+        row = [name, metrics.pointing_game(maps, masks).mean(),
+               np.nanmean(mass) if np.isfinite(mass).any() else np.nan]
+        if scored:
+            curves[name] = (deletion.detailed_evaluate(maps, verbose=0),
+                            insertion.detailed_evaluate(maps, verbose=0))
+            row += [_area(curves[name][0]), _area(curves[name][1]),
+                    randomisation.evaluate(explainer)]
+        rows.append((*row, seconds))
         progress.update(len(images))
     progress.close()
 
@@ -463,28 +666,141 @@ def run_demo(args) -> int:
         path=figure,
     )
     curves_figure = figure.with_name(figure.stem + "-curves.png")
-    plot_curves(curves, curves_figure)
-    random_maps = np.random.default_rng(args.seed).random(results["Saliency"].shape)
+    if scored:
+        plot_curves(curves, curves_figure)
+    random_maps = np.random.default_rng(args.seed).random(next(iter(results.values())).shape)
     area = masks.mean()
     print()
-    print(f"{'method':<24}{'pointing':>9}{'mass':>7}{'deletion':>10}{'insertion':>10}"
-          f"{'random.':>9}{'seconds':>9}")
-    for name, hit, mass, low, high, sanity, seconds in rows:
-        print(f"{name:<24}{hit:>9.0%}{mass:>7.2f}{low:>10.2f}{high:>10.2f}"
-              f"{sanity:>9.2f}{seconds:>9.2f}")
-    print(f"{'(a random map)':<24}{area:>9.0%}{area:>7.2f}"
-          f"{_area(deletion.detailed_evaluate(random_maps, verbose=0)):>10.2f}"
-          f"{_area(insertion.detailed_evaluate(random_maps, verbose=0)):>10.2f}")
+    if scored:
+        print(f"{'method':<24}{'pointing':>9}{'mass':>7}{'deletion':>10}{'insertion':>10}"
+              f"{'random.':>9}{'seconds':>9}")
+        for name, hit, mass, low, high, sanity, seconds in rows:
+            print(f"{name:<24}{hit:>9.0%}{mass:>7.2f}{low:>10.2f}{high:>10.2f}"
+                  f"{sanity:>9.2f}{seconds:>9.2f}")
+        print(f"{'(a random map)':<24}{area:>9.0%}{area:>7.2f}"
+              f"{_area(deletion.detailed_evaluate(random_maps, verbose=0)):>10.2f}"
+              f"{_area(insertion.detailed_evaluate(random_maps, verbose=0)):>10.2f}")
+    else:
+        print(f"{'method':<24}{'pointing':>9}{'mass':>7}{'seconds':>9}")
+        for name, hit, mass, seconds in rows:
+            print(f"{name:<24}{hit:>9.0%}{mass:>7.2f}{seconds:>9.2f}")
+        print(f"{'(a random map)':<24}{area:>9.0%}{area:>7.2f}")
     print()
     print("pointing: the map's maximum is inside the shape; mass: the share of positive")
-    print("relevance on the shape's pixels; deletion / insertion: the area under the class")
-    print("score (logit) as the map's top pixels are blacked out / put back on black, 10 steps")
-    print("(lower / higher is more faithful); random.: rank correlation of the map with the")
-    print("map of a copy of the model whose top layers are randomised (lower passes the")
-    print("sanity check). Seconds include compiling each kernel.")
-    print(f"Wrote {figure} ({shown} rows: the image, then each method's map) and")
-    print(f"{curves_figure} (mean deletion and insertion curves).")
+    if scored:
+        print("relevance on the shape's pixels; deletion / insertion: the area under the class")
+        print("score (logit) as the map's top pixels are blacked out / put back on black, 10 "
+              "steps")
+        print("(lower / higher is more faithful); random.: rank correlation of the map with "
+              "the")
+        print("map of a copy of the model whose top layers are randomised (lower passes the")
+        print("sanity check). Seconds include compiling each kernel.")
+        print(f"Wrote {figure} ({shown} rows: the image, then each method's map) and")
+        print(f"{curves_figure} (mean deletion and insertion curves).")
+    else:
+        print("relevance on the shape's pixels. Seconds include compiling each kernel.")
+        print(f"Wrote {figure} ({shown} rows: the image, then each method's map).")
     return 0
+
+
+def run_text_demo(args, figure: Path, factories: dict) -> int:
+    import numpy as np
+
+    from saliencekit import metrics
+    from saliencekit.commons import plot, synthetic
+    from saliencekit.commons.progress import Progress
+
+    train, epochs, path = demo_settings(args)
+    data = synthetic.keywords(train, length=TEXT_LENGTH, classes=TEXT_CLASSES,
+                              seed=args.seed + 1, distractor_words=TEXT_WORDS)
+    vocabulary = (*data.vocabulary, "[MASK]")  # TEXT_MASK_ID
+    model = cached_model(
+        args, path, lambda verbose: fit_demo(text_model(args.seed, len(vocabulary)),
+                                             data.ids, data.labels, epochs, verbose),
+        f"a small transformer (2 blocks) on {train} synthetic sequences of up to "
+        f"{TEXT_LENGTH} tokens, whose class is one of {TEXT_CLASSES} keywords among "
+        f"{TEXT_WORDS} distractor words ({epochs} epochs)")
+    held_out = synthetic.keywords(max(args.samples, 500), length=TEXT_LENGTH,
+                                  classes=TEXT_CLASSES, seed=args.seed + 10_000,
+                                  distractor_words=TEXT_WORDS)
+    logits = model.predict(held_out.ids, batch_size=250, verbose=0)
+    accuracy = float(np.mean(np.argmax(logits, -1) == held_out.labels))
+    print(f"Held-out accuracy: {accuracy:.1%} on {len(held_out.labels)} sequences "
+          f"(chance: {1 / TEXT_CLASSES:.0%}).")
+
+    ids = held_out.ids[:args.samples]
+    labels = held_out.labels[:args.samples]
+    masks = held_out.masks[:args.samples]
+    print(f"Explaining {len(ids)} held-out sequences (their true class) with "
+          f"{len(factories)} explainers:", flush=True)
+    progress = Progress(0 if args.quiet else 1, len(factories), unit="method")
+    results, rows = {}, []
+    for name, factory in factories.items():
+        begin = time.perf_counter()
+        maps = factory(model).explain(ids, labels, verbose=0).numpy()
+        seconds = time.perf_counter() - begin
+        results[name] = maps
+        hits = metrics.pointing_game(maps[:, None], masks[:, None]).mean()
+        mass = metrics.relevance_mass(maps[:, None], masks[:, None])
+        rows.append((name, hits, np.nanmean(mass) if np.isfinite(mass).any() else np.nan,
+                     seconds))
+        progress.update(len(ids))
+    progress.close()
+
+    shown = min(len(ids), args.rows)
+    words = [[vocabulary[i] for i in row if i != 0] for row in ids[:shown]]
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    page = figure.with_suffix(".html")
+    atomic_text(page, text_page(words, labels[:shown], {
+        name: [m[:len(w)] for m, w in zip(maps, words)] for name, maps in results.items()}))
+    plot.plot_text(words[0], {name: maps[0, :len(words[0])]
+                              for name, maps in results.items()}).savefig(figure)
+    lengths = (ids != 0).sum(axis=1)
+    chance = float(np.mean(1.0 / lengths))
+    print()
+    print(f"{'method':<24}{'pointing':>9}{'mass':>7}{'seconds':>9}")
+    for name, hit, mass, seconds in rows:
+        print(f"{name:<24}{hit:>9.0%}{mass:>7.2f}{seconds:>9.2f}")
+    print(f"{'(a random token)':<24}{chance:>9.0%}{chance:>7.2f}")
+    print()
+    print("pointing: the map's maximum is on the keyword; mass: the share of positive")
+    print("relevance on the keyword. Seconds include compiling each kernel.")
+    print(f"Wrote {page} ({shown} sequences, each method's map as coloured tokens) and")
+    print(f"{figure} (the first sequence).")
+    return 0
+
+
+def text_page(words: list, labels, maps: dict) -> str:
+    """An HTML page: each sequence's tokens coloured by each method's map
+    (:func:`saliencekit.commons.plot.text_html`)."""
+    from saliencekit.commons.plot import text_html
+
+    parts = []
+    for i, (tokens, label) in enumerate(zip(words, labels)):
+        parts.append(f"<h2>sequence {i}: class {int(label)} (keyword key{int(label)})</h2>"
+                     "\n<table>")
+        for name, rows in maps.items():
+            parts.append(f"<tr><th>{html.escape(name)}</th>"
+                         f"<td>{text_html(tokens, rows[i])}</td></tr>")
+        parts.append("</table>")
+    body = "\n".join(parts)
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>saliencekit demo: keywords</title>
+<style>
+body {{ font-family: sans-serif; }}
+th {{ text-align: right; padding-right: 8px; font-weight: normal; }}
+td {{ font-family: monospace; }}
+</style>
+</head>
+<body>
+<h1>Per-token maps on the keyword task (red: positive, blue: negative)</h1>
+{body}
+</body>
+</html>
+"""
 
 
 def _area(curves) -> float:
@@ -1204,7 +1520,11 @@ def parser() -> argparse.ArgumentParser:
         "demo", parents=[common], formatter_class=_Formatter,
         help="train a small CNN on synthetic shapes and explain it with every method",
         description="Train a small CNN on synthetic shapes (cached) and explain held-out "
-        "images with every method; print scores, draw a figure.")
+        "images with every method; print scores, draw a figure. --model vit: a tiny vision "
+        "transformer instead; --model text: a small transformer on a synthetic keyword "
+        "task, with per-token maps (an HTML page and a figure).")
+    demo.add_argument("--model", default="cnn", choices=list(DEMO_MODELS),
+                      help="what is trained and explained: cnn (default), vit or text")
     demo.add_argument("--out", default="saliencekit-demo", metavar="DIR_OR_PNG",
                       help="a directory (the figure is demo.png in it) or the figure's path "
                       "(.png, .pdf, .svg); default saliencekit-demo")
@@ -1213,11 +1533,17 @@ def parser() -> argparse.ArgumentParser:
                       help="held-out images explained and scored (default 64)")
     demo.add_argument("--rows", type=_positive, default=6,
                       help="images shown in the figure (default 6)")
-    demo.add_argument("--train", type=_positive, default=3000,
-                      help="training images (default 3000)")
-    demo.add_argument("--epochs", type=_positive, default=5, help="default 5")
+    demo.add_argument("--train", type=_positive, default=None,
+                      help="training images or sequences (default 3000; 2000 for text)")
+    demo.add_argument("--epochs", type=_positive, default=None,
+                      help="default 5 (cnn), 10 (vit), 8 (text)")
     demo.add_argument("--retrain", action="store_true", help="ignore the cached model")
     demo.add_argument("--fast", action="store_true", help="fewer samples per noisy method")
+    demo.add_argument("--methods", metavar="A,B", default=None,
+                      help="run only these methods (names as in the table)")
+    demo.add_argument("--no-metrics", action="store_true",
+                      help="pointing game and mass only: no deletion, insertion or "
+                      "randomisation scores (and no curves figure)")
     demo.set_defaults(run=run_demo)
 
     explain = commands.add_parser(

@@ -421,10 +421,16 @@ class AttentionWithScores(keras.layers.Layer):
     def __init__(self, layer: keras.layers.Layer):
         super().__init__(name=f"{layer.name}_with_scores", dtype=layer.dtype_policy)
         self._wrapped = [layer]  # a list: not tracked as this layer's child
+        # a padding mask goes on as the layer's own output would carry it (the query's);
+        # without this, the rest of the rebuilt graph (a masked mean) saw no mask
+        self.supports_masking = True
 
     def call(self, *args, **kwargs):
         kwargs["return_attention_scores"] = True
         return self._wrapped[0](*args, **kwargs)
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return None if previous_mask is None else (previous_mask, None)
 
 
 def _new_inputs(model) -> list:
