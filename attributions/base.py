@@ -322,13 +322,8 @@ class WhiteBoxExplainer(BlackBoxExplainer):
                 "input_layer", f"None for {type(self).__name__} (token inputs are explained "
                 "by Saliency, GradientInput, IntegratedGradients and the noisy family)",
                 repr(input_layer))
-        if self._token_inputs:
-            if self._input_structure is None:
-                self._tokens = inspect_model.tokens(rerouted, input_layer)
-            elif input_layer is not None:
-                raise validation.value_error(
-                    "input_layer", "None for a multi-input model (token inputs are explained "
-                    "for models with one input)", repr(input_layer))
+        if self._token_inputs:  # a multi-input model's other inputs are passed through
+            self._tokens = inspect_model.tokens(rerouted, input_layer)
         if pad_id is not None and (self._tokens is None or isinstance(pad_id, bool) or
                                    not isinstance(pad_id, int)):
             raise validation.value_error(
@@ -383,10 +378,11 @@ class WhiteBoxExplainer(BlackBoxExplainer):
         if ids is None:
             return super()._forward(inputs)
         # embeddings of copies of the batch (noisy samples, path points), sample-major:
-        # the ids (which give the padding mask) are tiled alike
-        copies = tf.shape(inputs)[0] // tf.shape(ids)[0]
+        # the ids (which give the padding mask) and any other inputs are tiled alike
+        copies = tf.shape(inputs)[0] // tf.shape(self._tokens.ids(ids))[0]
         with inspect_model.feeding(self._tokens.fed, inputs):
-            tiled = tf.ensure_shape(batch_ops.tile(ids, copies), (None, *ids.shape[1:]))
+            tiled = tf.nest.map_structure(lambda x: tf.ensure_shape(
+                batch_ops.tile(x, copies), (None, *x.shape[1:])), ids)
             outputs = self._explained(tiled, training=False)
         return tf.nest.map_structure(lambda output: tf.cast(output, tf.float32), outputs)
 
@@ -406,12 +402,11 @@ class WhiteBoxExplainer(BlackBoxExplainer):
             maps = tf.reduce_sum(maps if self._times_input else maps * embedded, axis=-1)
         elif self._reducer is not None:
             maps = postprocess.REDUCERS[self._reducer](maps, axis=-1)
-        padding = None
-        if self.pad_id is not None:
-            padding = tf.equal(tf.cast(inputs, tf.int64), self.pad_id)
-        if self._tokens.mask_zero:
-            zero = tf.equal(tf.cast(inputs, tf.int64), 0)
-            padding = zero if padding is None else padding | zero
+        ids = tf.cast(self._tokens.ids(inputs), tf.int64)
+        padding = self._tokens.padding(inputs)  # a padding_mask input's zeros
+        for pad in (self.pad_id, 0 if self._tokens.mask_zero else None):
+            if pad is not None:
+                padding = tf.equal(ids, pad) if padding is None else padding | tf.equal(ids, pad)
         if padding is not None:
             keep = 1.0 - tf.cast(padding, tf.float32)
             maps = maps * (keep if maps.shape.rank == 2 else keep[..., None])

@@ -369,8 +369,10 @@ class IntegratedGradients(_SampledGradients):
         that token (the ids of the batch being explained give its length)."""
         if self.baseline_token is None or self._tokens is None:
             return self._baseline_fn(inputs)
-        ids = self._token_ids()
-        return self._embed(tf.fill(tf.shape(ids), tf.cast(self.baseline_token, ids.dtype)))
+        given = self._token_ids()  # a multi-input model's other inputs: as they are
+        ids = self._tokens.ids(given)
+        return self._embed(self._tokens.with_ids(given, tf.fill(
+            tf.shape(ids), tf.cast(self.baseline_token, ids.dtype))))
 
     def _points(self, inputs, seeds, sample, leaf=0):
         baseline = self._baseline(inputs)

@@ -810,13 +810,22 @@ def feeding(layer: FedLayer, tensor):
         _FED.reset(token)
 
 
+#: inputs of a multi-input token model whose zeros mark padding (keras_hub's BERT-like
+#: backbones, Hugging Face's models)
+PADDING_INPUTS = ("padding_mask", "attention_mask")
+
+
 @dataclass
 class Tokens:
     """A model explained at the output of its token-embedding layer.
 
-    ``model`` takes the token ids (the user's model rebuilt, with the layer replaced by
-    ``fed``: feed embeddings with :func:`feeding`); ``embed`` maps ids to the layer's
-    output ``(N, T, D)``; ``mask_zero``: the layer masks id 0 (padding)."""
+    ``model`` takes the model's inputs (the user's model rebuilt, with the layer replaced by
+    ``fed``: feed embeddings with :func:`feeding`); ``embed`` maps them to the layer's
+    output ``(N, T, D)``; ``mask_zero``: the layer masks id 0 (padding). For a model with
+    several inputs, ``ids_key`` is the key (a dict's name or a list's index) of the input
+    whose tokens are explained, ``padding_key`` that of an input named as in
+    :data:`PADDING_INPUTS` (0 marks padding) or None; the other inputs are passed through.
+    """
 
     model: keras.Model
     embed: keras.Model
@@ -824,13 +833,43 @@ class Tokens:
     layer: keras.layers.Layer
     path: str
     mask_zero: bool
+    ids_key: str | int | None = None
+    padding_key: str | int | None = None
+
+    def ids(self, inputs):
+        """The token ids among ``inputs`` (the inputs themselves for a one-input model)."""
+        return inputs if self.ids_key is None else inputs[self.ids_key]
+
+    def with_ids(self, inputs, ids):
+        """``inputs`` with the token ids replaced by ``ids``."""
+        if self.ids_key is None:
+            return ids
+        if isinstance(inputs, dict):
+            return {**inputs, self.ids_key: ids}
+        return [ids if i == self.ids_key else x for i, x in enumerate(inputs)]
+
+    def padding(self, inputs):
+        """Where the padding input says padding (its zeros), or None."""
+        if self.padding_key is None:
+            return None
+        return tf.equal(tf.cast(inputs[self.padding_key], tf.int64), 0)
+
+
+def _input_keys(graph: Graph) -> list:
+    """Each graph input's key in the structure the model takes: a name or an index."""
+    if graph.named_inputs is not None:
+        names = {id(t): name for name, t in graph.named_inputs.items()}
+        return [names[id(t)] for t in graph.inputs]
+    return list(range(len(graph.inputs)))
 
 
 def tokens(model: Any, input_layer: str | int | None, argument: str = "input_layer"
            ) -> Tokens | None:
     """The split of ``model`` at ``input_layer`` (a name or an index into
     ``model.layers``), or with ``None`` at the first ``Embedding`` fed by a model input
-    directly (``None`` when there is none: not a token model)."""
+    directly (``None`` when there is none: not a token model). A model with several inputs
+    (ids, segments, a padding mask) is split at the embedding of one of them: the others
+    are passed through."""
     if input_layer is None:
         if not has_graph(model):
             return None
@@ -847,15 +886,36 @@ def tokens(model: Any, input_layer: str | int | None, argument: str = "input_lay
     else:
         graph = flatten(model, argument=f"model (with {argument})")
         node = find_node(graph, model, input_layer, argument)
-    if len(graph.inputs) != 1:
+    if has_graph(node.layer) or not node.inputs or len(node.output.shape) < 3:
         raise validation.value_error(
-            argument, "a model with one input (token ids) to explain at an embedding",
-            f"a model with {len(graph.inputs)} inputs")
-    if has_graph(node.layer) or len(node.inputs) != 1 or len(node.output.shape) < 3:
-        raise validation.value_error(
-            argument, "a layer taking one tensor and giving one of shape (N, T, D) (an "
+            argument, "a layer computed from the inputs giving a tensor (N, T, D) (an "
             "Embedding, or a layer after it)", f"layer {node.path!r} with output shape "
             f"{tuple(getattr(node.output, 'shape', ()))}")
+    ids_key = padding_key = None
+    if len(graph.inputs) > 1:
+        keys = _input_keys(graph)
+        fed_by = _inputs_feeding(graph, node)
+        if len(fed_by) > 1:  # token + segment embeddings: the ids are the first embedded
+            firsts = {id(t): i for i, t in enumerate(graph.inputs)}
+            embedded = [firsts[id(n.inputs[0])] for n in graph.nodes
+                        if isinstance(n.layer, keras.layers.Embedding) and n.inputs
+                        and firsts.get(id(n.inputs[0])) in fed_by]
+            fed_by = set(embedded[:1])
+        if len(fed_by) != 1:
+            raise validation.value_error(
+                argument, "a layer computed from the model's token ids (an input feeding an "
+                "Embedding)", f"layer {node.path!r}, computed from the inputs "
+                f"{[keys[i] for i in sorted(_inputs_feeding(graph, node))]}")
+        (index,) = fed_by
+        ids_key = keys[index]
+        # a list's inputs by the names of the model's own Input layers
+        names = [k if isinstance(k, str) else str(getattr(t, "name", ""))
+                 for k, t in zip(keys, model.inputs)]
+        for key, name, tensor in zip(keys, names, graph.inputs):
+            if key != ids_key and any(name == p or name.endswith("/" + p)
+                                      for p in PADDING_INPUTS) and \
+                    tuple(tensor.shape[1:]) == tuple(graph.inputs[index].shape[1:]):
+                padding_key = key
     fed = FedLayer(node.layer)
     rebuilt = flatten(model, substitute=lambda layer: fed if layer is node.layer else None)
     (embedding,) = [n for n in rebuilt.nodes if n.layer is node.layer][-1:]
@@ -863,4 +923,22 @@ def tokens(model: Any, input_layer: str | int | None, argument: str = "input_lay
         model=rebuilt.model(name=model.name),
         embed=rebuilt.model(outputs=[embedding.output], name=f"{model.name}_embedding"),
         fed=fed, layer=node.layer, path=node.path,
-        mask_zero=bool(getattr(node.layer, "mask_zero", False)))
+        mask_zero=bool(getattr(node.layer, "mask_zero", False)),
+        ids_key=ids_key, padding_key=padding_key)
+
+
+def _inputs_feeding(graph: Graph, node: Node) -> set:
+    """The indices of the graph inputs that ``node``'s inputs are computed from."""
+    producers = {id(n.output): n for n in graph.nodes}
+    firsts = {id(t): i for i, t in enumerate(graph.inputs)}
+    found, stack, seen = set(), list(node.inputs), set()
+    while stack:
+        tensor = stack.pop()
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        if id(tensor) in firsts:
+            found.add(firsts[id(tensor)])
+        elif id(tensor) in producers:
+            stack.extend(producers[id(tensor)].inputs)
+    return found

@@ -262,3 +262,74 @@ def test_text_html_and_figure():
     figure = plot_text(["a", "b", "c"], {"Saliency": [1, 0, 0], "IG": [0, -1, 1]})
     assert len(figure.axes) == 2 and figure.axes[1].get_title(loc="left") == "IG"
     assert [t.get_text() for t in figure.axes[0].texts] == ["a", "b", "c"]
+
+
+def ids_and_mask_model(named=True, segments=False, seed=0):
+    """Token ids + a padding mask (+ segment ids), as BERT-like models take them: the
+    score is ``mean_t e_t . w_c`` over every position (padding included) plus a term of
+    the mask alone, so only the padding_mask rule gives padding 0."""
+    keras.utils.set_random_seed(seed)
+    ids = keras.Input((LENGTH,), dtype="int32", name="token_ids")
+    mask = keras.Input((LENGTH,), dtype="int32", name="padding_mask")
+    inputs = {"token_ids": ids, "padding_mask": mask}
+    x = keras.layers.Embedding(VOCAB, DIM, name="embedding")(ids)
+    if segments:
+        inputs["segment_ids"] = keras.Input((LENGTH,), dtype="int32", name="segment_ids")
+        x = keras.layers.Add(name="summed")([x, keras.layers.Embedding(
+            2, DIM, name="segment_embedding")(inputs["segment_ids"])])
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    m = keras.layers.Dense(DIM, name="mask_term")(keras.ops.cast(mask, "float32"))
+    outputs = keras.layers.Dense(CLASSES, use_bias=False, name="head")(
+        keras.layers.Add()([x, m]))
+    return keras.Model(inputs if named else [ids, mask], outputs)
+
+
+def test_multi_input_token_models_explain_the_ids():
+    """Ids + padding mask, as a dict or a list: maps are per token of the ids, the mask is
+    passed through, and its zeros get 0."""
+    mask = (IDS != 0).astype("int32")
+    for named in (True, False):
+        model = ids_and_mask_model(named=named)
+        inputs = {"token_ids": IDS, "padding_mask": mask} if named else [IDS, mask]
+        table = model.get_layer("embedding").get_weights()[0]
+        w = model.get_layer("head").get_weights()[0]
+        contributions = (table[IDS] * w.T[TARGETS][:, None] / LENGTH).sum(-1) * mask
+        explainer = GradientInput(model)
+        assert explainer.input_layer == "embedding"
+        maps = explainer(inputs, TARGETS).numpy()
+        assert maps.shape == IDS.shape
+        np.testing.assert_allclose(maps, contributions, rtol=1e-5, atol=1e-7)
+        assert np.all(maps[IDS == 0] == 0)
+        # not zeroed without the mask's say: its positions are tokens like any other
+        unmasked = {"token_ids": IDS, "padding_mask": np.ones_like(mask)} if named else \
+            [IDS, np.ones_like(mask)]
+        assert np.any(GradientInput(model)(unmasked, TARGETS).numpy()[IDS == 0] != 0)
+        # noise and paths in embedding space, the other inputs tiled alike
+        smooth = SmoothGrad(model, nb_samples=3, noise=0.3, seed=0)(inputs, TARGETS).numpy()
+        np.testing.assert_allclose(smooth, Saliency(model)(inputs, TARGETS).numpy(),
+                                   rtol=1e-5, atol=1e-7)  # linear in the embeddings
+        ig = IntegratedGradients(model, steps=3, baseline_token=4)(inputs, TARGETS).numpy()
+        expected = ((table[IDS] - table[4]) * w.T[TARGETS][:, None] / LENGTH).sum(-1) * mask
+        np.testing.assert_allclose(ig, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_ids_segments_and_mask_like_bert():
+    model = ids_and_mask_model(segments=True)
+    segments = np.zeros_like(IDS)
+    segments[:, 3:] = 1
+    inputs = {"token_ids": IDS, "padding_mask": (IDS != 0).astype("int32"),
+              "segment_ids": segments}
+    explainer = Saliency(model, batch_size=2)
+    assert explainer.input_layer == "embedding"  # the first Embedding fed by an input
+    maps = explainer(inputs, TARGETS).numpy()
+    assert maps.shape == IDS.shape and np.all(maps[IDS == 0] == 0)
+    assert np.all(maps[IDS != 0] > 0)
+    assert explainer._kernel.experimental_get_tracing_count() == 1
+    # named at the sum of token and segment embeddings: still the ids' positions
+    summed = GradientInput(model, input_layer="summed")(inputs, TARGETS).numpy()
+    assert summed.shape == IDS.shape
+    np.testing.assert_allclose(summed, GradientInput(model)(inputs, TARGETS).numpy() + (
+        GradientInput(model, input_layer="segment_embedding")(inputs, TARGETS).numpy()),
+        rtol=1e-5, atol=1e-7)  # x . grad is linear in x = token + segment embeddings
+    with pytest.raises(ValueError, match=r"input_layer: expected a layer .*\(N, T, D\)"):
+        Saliency(model, input_layer="mask_term")
