@@ -2,8 +2,10 @@
 
 Both read the attention scores of every ``MultiHeadAttention`` call of the model on a
 rebuilt graph (:func:`saliencekit.commons.model.flatten` with ``attention_scores=True``: a
-fresh wrapper layer per call returns the scores, the model is not changed). The maths is in
-the pure functions :func:`fuse_heads`, :func:`rollout` and :func:`gradient_rollout`.
+fresh wrapper layer per call returns the scores, the model is not changed), or, for
+attention inside custom layers (keras_hub), record them as the model runs
+(:func:`saliencekit.commons.model.recording_attention`). The maths is in the pure functions
+:func:`fuse_heads`, :func:`rollout` and :func:`gradient_rollout`.
 """
 
 from __future__ import annotations
@@ -73,15 +75,12 @@ def gradient_rollout(attentions: list, gradients: list) -> tf.Tensor:
 
 class _Attention:
     """What the attention methods share: the scores of every ``MultiHeadAttention`` on a
-    rebuilt graph, the explained token and the tokens' place in the input."""
+    rebuilt graph (or, for attention held inside custom layers such as keras_hub's encoders,
+    recorded as the model runs), the explained token and the tokens' place in the input."""
 
     _needs_graph = True
 
     def _setup_attention(self, token, token_grid) -> None:
-        if self._input_structure is not None:
-            raise validation.type_error(
-                "model", "a model with one input", f"a model with "
-                f"{len(self._input_structure)} inputs")
         if not (token in ("class", "mean") or (isinstance(token, int) and
                                                 not isinstance(token, bool))):
             raise validation.value_error("token", "'class', 'mean' or a token index",
@@ -89,57 +88,119 @@ class _Attention:
         self.token = token
         graph = inspect_model.flatten(self._explained, attention_scores=True)
         nodes = [n for n in graph.nodes if n.scores is not None]
-        if not nodes:
+        #: MultiHeadAttention layers inside custom layers, recorded as the model runs
+        self._inner = [] if nodes else inspect_model.inner_attention(self._explained)
+        if not nodes and not self._inner:
             raise validation.value_error(
-                "model", "a transformer (keras.layers.MultiHeadAttention layers in its "
-                "graph)", f"model {inspect_model.model_name(self.model)!r} without one",
-                "Attention inside custom layers is not read; gradient, CAM and black-box "
-                "methods explain any model.")
-        shapes = {tuple(n.scores.shape[2:]) for n in nodes}
+                "model", "a transformer (keras.layers.MultiHeadAttention layers, or "
+                "subclasses, in its graph or inside its layers)",
+                f"model {inspect_model.model_name(self.model)!r} without one",
+                "Gradient, CAM and black-box methods explain any model.")
+        # token ids (with other inputs: segments, a padding mask): their padding gets 0
+        self._token_model = None
+        ids_input = graph.inputs[0]
+        if self._input_structure is not None or len(graph.inputs[0].shape) == 2:
+            self._token_model = inspect_model.tokens(self._explained, None)
+            if self._token_model is None and self._input_structure is not None:
+                raise validation.type_error(
+                    "model", "a model with one input, or token ids (an input feeding an "
+                    "Embedding) with other inputs", f"a model with "
+                    f"{len(self._input_structure)} inputs and no Embedding of one")
+            if self._input_structure is not None:
+                keys = inspect_model._input_keys(graph)
+                ids_input = graph.inputs[keys.index(self._token_model.ids_key)]
+        self._attention_graph = graph
+        self._attention_nodes = nodes
+        self._ids_rank = len(ids_input.shape)
+        self._ids_length = ids_input.shape[1] if self._ids_rank == 2 else None
+        self._image_shape = tuple(ids_input.shape[1:])
+        self._token_grid_given = token_grid
+        if token_grid is not None and self._ids_rank != 4:
+            raise validation.value_error(
+                "token_grid", "None for a model whose input is not an image", repr(token_grid))
+        if self._ids_rank == 3:
+            raise validation.value_error(
+                "model", "a transformer of images (N, H, W, C) or token ids (N, T)",
+                f"a model of inputs {tuple(ids_input.shape)}")
+        self.token_grid, self._layout = None, None
+        if nodes:
+            query = None
+            if nodes[0].inputs:
+                producers = {id(n.output): n for n in graph.nodes}
+                query = producers.get(id(nodes[0].inputs[0]))
+            self._set_layout([tuple(n.scores.shape[2:]) for n in nodes], query)
+
+    def _set_layout(self, shapes: list, query=None) -> None:
+        """Check the attention's shapes (self-attention over one sequence of a fixed
+        length) and find the tokens' place in the input: ``(h, w, extra)`` for an image,
+        ``(None, None, extra)`` for token ids. ``query``: the node of the first attention's
+        tokens, whose graph tells the patch grid (recorded attention has none)."""
+        shapes = set(shapes)
         if len(shapes) != 1 or len(set(next(iter(shapes)))) != 1 or None in next(iter(shapes)):
             raise validation.value_error(
                 "model", "self-attention over one token sequence of a fixed length in every "
                 "MultiHeadAttention layer", f"attention shapes (query, key) {sorted(shapes)}")
         count = next(iter(shapes))[0]
-        self._attention_graph = graph
-        self._attention_nodes = nodes
-        self.token_grid, self._layout = None, (None, None, 0)
-        rank = len(graph.inputs[0].shape)
-        if rank == 4:
-            producers = {id(n.output): n for n in graph.nodes}
-            query = producers.get(id(nodes[0].inputs[0])) if nodes[0].inputs else None
-            given = None if token_grid is None else validation.int_tuple(
-                "token_grid", token_grid, 2)
+        layout = (None, None, 0)
+        if self._ids_rank == 4:
+            given = None if self._token_grid_given is None else validation.int_tuple(
+                "token_grid", self._token_grid_given, 2)
             try:
-                if query is None:
-                    raise ValueError("the tokens of the first attention are not a layer's "
-                                     "output: pass token_grid=(h, w)")
-                h, w, extra = alignment_lib.token_grid(
-                    graph, query, tuple(graph.inputs[0].shape[1:]), given)
+                if query is not None:
+                    h, w, extra = alignment_lib.token_grid(
+                        self._attention_graph, query, self._image_shape, given)
+                else:
+                    h, w, extra = alignment_lib.grid_of(count, self._image_shape, given,
+                                                        "the attention")
             except ValueError as error:
                 raise validation.value_error(
                     "token_grid", "(h, w): the patch grid of the attention's tokens",
-                    repr(token_grid), str(error)) from None
-            self.token_grid, self._layout = (h, w), (h, w, extra)
-        elif token_grid is not None:
-            raise validation.value_error(
-                "token_grid", "None for a model whose input is not an image", repr(token_grid))
-        elif rank == 2 and graph.inputs[0].shape[1] is not None:
-            self._layout = (None, None, max(count - graph.inputs[0].shape[1], 0))
-        if rank == 3:
-            raise validation.value_error(
-                "model", "a transformer of images (N, H, W, C) or token ids (N, T)",
-                f"a model of inputs {tuple(graph.inputs[0].shape)}")
+                    repr(self._token_grid_given), str(error)) from None
+            self.token_grid, layout = (h, w), (h, w, extra)
+        elif self._ids_length is not None:
+            layout = (None, None, max(count - self._ids_length, 0))
+        self._layout = layout
 
-    def _relevance(self, joint: tf.Tensor) -> tf.Tensor:
+    def _recorded(self, inputs, outputs: list):
+        """Calls the model on ``inputs`` recording its inner attention; ``outputs`` gets
+        the model's outputs. Returns the scores, in call order."""
+        with inspect_model.recording_attention(self._inner) as records:
+            results = self._explained(inputs, training=False)
+        outputs[:] = tf.nest.flatten(results)
+        if self._layout is None:  # known once traced: the shapes of this call
+            self._set_layout([tuple(s.shape[2:]) for s in records])
+        return list(records)
+
+    def _keep(self, inputs) -> tf.Tensor | None:
+        """``(B, T)`` 1.0 at the tokens, 0.0 at padding (a token model's zeros with
+        ``mask_zero``, a padding mask input's zeros), or None."""
+        tokens = self._token_model
+        if tokens is None:
+            return None
+        padding = tokens.padding(inputs)
+        if tokens.mask_zero:
+            zero = tf.equal(tf.cast(tokens.ids(inputs), tf.int64), 0)
+            padding = zero if padding is None else padding | zero
+        return None if padding is None else 1.0 - tf.cast(padding, tf.float32)
+
+    def _relevance(self, joint: tf.Tensor, inputs) -> tf.Tensor:
         """The explained token's row ``(B, T)`` of a ``(B, T, T)`` rollout, on the input's
         frame: ``(B, h, w)`` patches for images (leading tokens dropped), ``(B, T)``
-        tokens for token inputs."""
+        tokens for token inputs (padding 0; the mean of tokens is over the others)."""
+        h, w, extra = self._layout
+        keep = self._keep(inputs)
+        if keep is not None and extra:
+            keep = tf.pad(keep, [[0, 0], [extra, 0]], constant_values=1.0)
         if self.token == "mean":
-            row = tf.reduce_mean(joint, axis=1)
+            if keep is None:
+                row = tf.reduce_mean(joint, axis=1)
+            else:
+                row = tf.math.divide_no_nan(tf.reduce_sum(joint * keep[:, :, None], axis=1),
+                                            tf.reduce_sum(keep, axis=1, keepdims=True))
         else:
             row = joint[:, 0 if self.token == "class" else self.token]
-        h, w, extra = self._layout
+        if keep is not None:
+            row = row * keep
         row = row[:, extra:]
         return row if h is None else tf.reshape(row, (-1, h, w))
 
@@ -171,10 +232,15 @@ class AttentionRollout(_Attention, BlackBoxExplainer):
         image's aspect ratio).
 
     Every ``MultiHeadAttention`` call of the model is read (self-attention over one token
-    sequence), from a rebuilt graph; attention hidden inside custom layers is not.
-    Leading tokens beyond the patch grid (class, registers) are dropped from the map,
-    which is ``(N, H, W, 1)`` for images (patches resized bilinearly) and ``(N, T)`` for
-    token ids.
+    sequence), from a rebuilt graph; when the graph has none, the calls of the
+    ``MultiHeadAttention`` layers (subclasses included) held inside custom layers, such as
+    keras_hub's ``TransformerEncoder`` and ``ViTEncoder``, are recorded as the model runs
+    (see :func:`saliencekit.commons.model.recording_attention`). Leading tokens beyond the
+    patch grid (class, registers) are dropped from the map, which is ``(N, H, W, 1)`` for
+    images (patches resized bilinearly) and ``(N, T)`` for token ids. Token models may
+    take other inputs beside the ids (segments, a ``padding_mask``, as keras_hub's BERT):
+    padding (an ``Embedding(mask_zero=True)``'s id 0, a ``padding_mask``'s zeros) gets 0
+    and the mean of tokens is over the others.
 
     Examples
     --------
@@ -213,15 +279,19 @@ class AttentionRollout(_Attention, BlackBoxExplainer):
                          jit_compile=jit_compile, strategy=strategy)
         self._setup_attention(token, token_grid)
         self._scores = self._attention_graph.model(
-            outputs=[n.scores for n in self._attention_nodes])
+            outputs=[n.scores for n in self._attention_nodes]) if self._attention_nodes \
+            else None
 
     def _resolve_targets(self, inputs, targets):
         return targets  # no target: the predicted class is not needed
 
     def _batch(self, inputs, targets, seeds):
-        scores = self._scores(inputs, training=False)
-        scores = list(scores) if isinstance(scores, (list, tuple)) else [scores]
-        return self._relevance(rollout(scores, self.head_fusion, self.discard_ratio))
+        if self._scores is None:
+            scores = self._recorded(inputs, [])
+        else:
+            scores = self._scores(inputs, training=False)
+            scores = list(scores) if isinstance(scores, (list, tuple)) else [scores]
+        return self._relevance(rollout(scores, self.head_fusion, self.discard_ratio), inputs)
 
 
 class TransformerAttribution(_Attention, WhiteBoxExplainer):
@@ -274,10 +344,17 @@ class TransformerAttribution(_Attention, WhiteBoxExplainer):
                          strategy=strategy)
         self._setup_attention(token, token_grid)
         self._tapped = self._attention_graph.model(
-            extra=[n.scores for n in self._attention_nodes])
+            extra=[n.scores for n in self._attention_nodes]) if self._attention_nodes \
+            else self._recording_model
+
+    def _recording_model(self, inputs, training=False):
+        """``[*outputs, *scores]``, the scores recorded inside the model's layers."""
+        outputs: list = []
+        scores = self._recorded(inputs, outputs)
+        return [*outputs, *scores]
 
     def _batch(self, inputs, targets, seeds):
         _, scores, gradients = self._tapped_gradients(self._tapped, inputs, targets,
                                                       wrt_inputs=False)
         gradients = [tf.zeros_like(s) if g is None else g for s, g in zip(scores, gradients)]
-        return self._relevance(gradient_rollout(scores, gradients))
+        return self._relevance(gradient_rollout(scores, gradients), inputs)

@@ -323,6 +323,19 @@ def token_grid(graph, node, image_shape: tuple, given=None) -> tuple[int, int, i
             h, w = shape[1], shape[2]
             if h * w <= count and count - h * w <= 8:
                 return h, w, count - h * w
+    return grid_of(count, image_shape, None, f"layer {node.path!r}")
+
+
+def grid_of(count: int, image_shape: tuple, given=None, what: str = "the layer"
+            ) -> tuple[int, int, int]:
+    """``(h, w, extra)`` for ``count`` tokens on an image ``(H, W, C)``: ``given`` grid,
+    else the grid of the image's aspect ratio with the fewest extra tokens (at most 8)."""
+    if given is not None:
+        h, w = given
+        if h * w > count:
+            raise ValueError(f"token_grid={given!r} has {h * w} patches; {what} has {count} "
+                             "tokens")
+        return h, w, count - h * w
     height, width = image_shape[0], image_shape[1]
     for extra in range(min(count, 9)):
         patches = count - extra
@@ -330,4 +343,4 @@ def token_grid(graph, node, image_shape: tuple, given=None) -> tuple[int, int, i
             if patches % h == 0 and h * width == (patches // h) * height:
                 return h, patches // h, extra
     raise ValueError(f"no patch grid of the image's aspect ratio {height}x{width} for the "
-                     f"{count} tokens of layer {node.path!r}: pass token_grid=(h, w)")
+                     f"{count} tokens of {what}: pass token_grid=(h, w)")

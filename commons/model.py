@@ -14,6 +14,7 @@ import contextvars
 import functools
 import os
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -942,3 +943,99 @@ def _inputs_feeding(graph: Graph, node: Node) -> set:
         elif id(tensor) in producers:
             stack.extend(producers[id(tensor)].inputs)
     return found
+
+
+# -- attention inside custom layers ---------------------------------------------------------
+#: per context (thread, trace): the list the attention scores of recorded layers go to
+_RECORDS: contextvars.ContextVar = contextvars.ContextVar("saliencekit_attention", default=None)
+_HOOKS: dict = {}  # id(layer) -> [layer, users, the instance's own attribute or _MISSING]
+_HOOKS_LOCK = threading.Lock()
+_MISSING = object()
+
+
+def inner_attention(model: Any) -> list:
+    """The ``MultiHeadAttention`` layers (subclasses included) held inside the model's
+    layers that are not graphs themselves (keras_hub's ``TransformerEncoder``,
+    ``ViTEncoder``, ...), in the order their holders are called (each holder's attributes
+    in definition order): the attention a flattened graph cannot see."""
+    graph = flatten(model)
+    found: list = []
+    seen: set = set()
+
+    def walk(value, depth=0):
+        if depth > 8 or id(value) in seen:
+            return
+        if isinstance(value, keras.layers.Layer):
+            seen.add(id(value))
+            if isinstance(value, keras.layers.MultiHeadAttention):
+                found.append(value)
+                return
+            for attribute in vars(value).values():
+                walk(attribute, depth + 1)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item, depth + 1)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item, depth + 1)
+
+    for node in graph.nodes:
+        if not has_graph(node.layer) and not isinstance(node.layer,
+                                                        keras.layers.MultiHeadAttention):
+            for attribute in vars(node.layer).values():
+                walk(attribute, 1)
+    return found
+
+
+@contextlib.contextmanager
+def recording_attention(layers: list):
+    """Within the block, the attention scores ``(N, heads, T_q, T_k)`` of every call of
+    these ``MultiHeadAttention`` layers in this thread and context are appended to the
+    list it yields, in call order.
+
+    Keras documents ``MultiHeadAttention._compute_attention`` as the method to override for
+    a custom attention; for the duration of the block each layer's instance gets one that
+    asks the layer's own for the scores (the explicit softmax path: equal outputs) when a
+    recording is on in the caller's context, and is the layer's own otherwise (so other
+    threads calling the model meanwhile are not affected). It is removed on exit, however
+    the block ends; nothing else of the layer changes."""
+    records: list = []
+    with _HOOKS_LOCK:
+        for layer in layers:
+            hook = _HOOKS.get(id(layer))
+            if hook is None:
+                own = layer.__dict__.get("_compute_attention", _MISSING)
+                hook = _HOOKS[id(layer)] = [layer, 0, own]
+                object.__setattr__(layer, "_compute_attention", _recorder(layer, own))
+            hook[1] += 1
+    token = _RECORDS.set(records)
+    try:
+        yield records
+    finally:
+        _RECORDS.reset(token)
+        with _HOOKS_LOCK:
+            for layer in layers:
+                hook = _HOOKS[id(layer)]
+                hook[1] -= 1
+                if hook[1] == 0:
+                    del _HOOKS[id(layer)]
+                    if hook[2] is _MISSING:
+                        object.__delattr__(layer, "_compute_attention")
+                    else:
+                        object.__setattr__(layer, "_compute_attention", hook[2])
+
+
+def _recorder(layer, own):
+    compute = type(layer)._compute_attention.__get__(layer) if own is _MISSING else own
+
+    def recorded(query, key, value, attention_mask=None, training=None,
+                 return_attention_scores=False, **kwargs):
+        records = _RECORDS.get()
+        if records is None:
+            return compute(query, key, value, attention_mask, training,
+                           return_attention_scores, **kwargs)
+        output, scores = compute(query, key, value, attention_mask, training, True, **kwargs)
+        records.append(scores)
+        return output, scores
+
+    return recorded

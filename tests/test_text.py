@@ -197,11 +197,12 @@ def test_kernelshap_and_lime_take_tokens_as_features():
     assert np.corrcoef(maps[kept], expected[kept])[0, 1] > 0.9
 
 
-def text_transformer(seed=0, length=LENGTH, vocab=VOCAB, classes=CLASSES, dim=8):
+def text_transformer(seed=0, length=LENGTH, vocab=VOCAB, classes=CLASSES, dim=8,
+                     mask_zero=False):
     """Token + position embeddings, one pre-norm MultiHeadAttention block, mean of tokens."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((length,), dtype="int32")
-    x = keras.layers.Embedding(vocab, dim, name="tokens")(inputs)
+    x = keras.layers.Embedding(vocab, dim, mask_zero=mask_zero, name="tokens")(inputs)
     positions = keras.layers.Embedding(length, dim)(keras.ops.arange(length)[None])
     x = keras.layers.Add()([x, positions])
     h = keras.layers.LayerNormalization(name="norm1")(x)
@@ -222,6 +223,27 @@ def test_transformer_methods_give_per_token_maps():
                       IntegratedGradients(model, steps=4)):
         maps = explainer(IDS, TARGETS).numpy()
         assert maps.shape == IDS.shape and np.all(np.isfinite(maps)), type(explainer)
+
+
+def test_attention_methods_on_masked_padding():
+    """A mask_zero model: the rebuilt graph keeps the padding mask (its outputs are the
+    model's), padding gets 0 and the mean of tokens is over the others."""
+    from saliencekit.attributions import AttentionRollout, TransformerAttribution
+    from saliencekit.attributions.attention import rollout
+
+    model = text_transformer(mask_zero=True)
+    explainer = TransformerAttribution(model, token="mean")
+    np.testing.assert_allclose(explainer._tapped(IDS)[0], model(IDS), rtol=1e-5, atol=1e-6)
+    assert np.all(explainer(IDS, TARGETS).numpy()[IDS == 0] == 0)
+    maps = AttentionRollout(model, token="mean")(IDS).numpy()
+    layer = next(layer for layer in model.layers
+                 if isinstance(layer, keras.layers.MultiHeadAttention))
+    normed = keras.Model(model.input, model.get_layer("norm1").output)(IDS)
+    scores = layer(normed, normed, return_attention_scores=True)[1]
+    keep = (IDS != 0).astype("float32")
+    joint = rollout([scores]).numpy()
+    expected = (joint * keep[:, :, None]).sum(1) / keep.sum(1, keepdims=True) * keep
+    np.testing.assert_allclose(maps, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_keywords_task_is_learnt_and_pointed_at():

@@ -287,3 +287,52 @@ def test_attention_errors():
         AttentionRollout(tiny_vit(), discard_ratio=1.0)
     with pytest.raises(ValueError, match="token"):
         AttentionRollout(tiny_vit(), token="first")
+
+
+class SubclassedAttention(keras.layers.MultiHeadAttention):
+    """A MultiHeadAttention subclass (as keras_hub's CachedMultiHeadAttention)."""
+
+
+class Block(keras.layers.Layer):
+    """A transformer block as one custom layer: its attention is not in the model's graph."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.norm = keras.layers.LayerNormalization()
+        self.attention = SubclassedAttention(2, DIM // 2)
+        self.mlp = keras.layers.Dense(DIM, activation="gelu")
+
+    def call(self, x):
+        h = self.norm(x)
+        x = x + self.attention(h, h)
+        return x + self.mlp(x)
+
+
+def test_attention_inside_custom_layers_is_recorded():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIDE, SIDE, 3))
+    x = keras.layers.Conv2D(DIM, PATCH, strides=PATCH)(inputs)
+    x = ClassToken()(keras.layers.Reshape((GRID * GRID, DIM))(x))
+    blocks = [Block(name=f"block{b}") for b in range(2)]
+    for block in blocks:
+        x = block(x)
+    model = keras.Model(inputs, keras.layers.Dense(CLASSES)(x[:, 0]))
+    x = images()
+    explainer = AttentionRollout(model, batch_size=2)
+    maps = explainer(x).numpy()
+    assert explainer.token_grid == (GRID, GRID)
+    tokens = keras.Model(model.input, model.layers[3].output)(x)  # after the class token
+    scores = []
+    for block in blocks:
+        h = block.norm(tokens)
+        scores.append(block.attention(h, h, return_attention_scores=True)[1])
+        tokens = block(tokens)
+    grid = rollout(scores).numpy()[:, 0, 1:].reshape(3, GRID, GRID, 1)
+    np.testing.assert_allclose(maps, tf.image.resize(grid, (SIDE, SIDE)).numpy(), rtol=1e-5,
+                               atol=1e-6)
+    assert explainer._kernel.experimental_get_tracing_count() == 1
+    relevance = TransformerAttribution(model)(x, TARGETS).numpy()
+    assert np.all(relevance >= 0) and np.any(relevance > 0)
+    assert not np.allclose(relevance, TransformerAttribution(model)(x, [1, 2, 0]).numpy())
+    for block in blocks:  # no hook left on the layers
+        assert "_compute_attention" not in vars(block.attention)
