@@ -307,18 +307,48 @@ class ExplanationMetric(BaseAttributionMetric):
     def _user_inputs(self, x):
         if not self._channels_first:
             return x
-        return tf.transpose(x, [0, x.shape.rank - 1, *range(1, x.shape.rank - 1)])
+        return tf.nest.map_structure(
+            lambda v: tf.transpose(v, [0, v.shape.rank - 1, *range(1, v.shape.rank - 1)]), x)
 
     def _summary(self, values: np.ndarray) -> float:
         return float(np.mean(values))
 
-    @property
-    def _feature_shape(self) -> tuple:
-        shape = tuple(self._sample_shape)
+    @staticmethod
+    def _features_of(shape: tuple) -> tuple:
+        """The features of inputs of sample shape ``shape``: positions (their channels go
+        together) for images and series, columns for tables."""
+        shape = tuple(shape)
         return shape[:-1] if len(shape) >= 2 else shape
 
+    @property
+    def _feature_shape(self) -> tuple:
+        return self._features_of(self._sample_shape)
+
+    @property
+    def _leaf_feature_shapes(self) -> list[tuple]:
+        """One feature shape per model input (``tf.nest`` order)."""
+        return [self._features_of(s) for s in self._data.sample_shapes]
+
     def _features(self, explanations: Any) -> np.ndarray:
-        """Maps as float32 ``(N, *features)`` (channels averaged), checked."""
+        """Maps as float32 ``(N, *features)`` (channels averaged), checked. A multi-input
+        model's maps (a list, tuple or dict in the inputs' structure, one map per input)
+        come back flattened and concatenated, ``(N, F)``, in ``tf.nest`` order."""
+        if not self._data.structured:
+            return self._leaf_maps(explanations, self._sample_shape)
+        leaves = tf.nest.flatten(explanations) if isinstance(
+            explanations, (list, tuple, dict)) else [explanations]
+        shapes = self._data.sample_shapes
+        if len(leaves) != len(shapes):
+            raise validation.value_error(
+                "explanations", f"one map per model input ({len(shapes)}), in the structure "
+                "of the inputs (a list or dict)", f"{len(leaves)} map(s)")
+        maps = [self._leaf_maps(m, s) for m, s in zip(leaves, shapes)]
+        if len({len(m) for m in maps}) > 1:
+            raise validation.value_error("explanations", "as many maps for every input",
+                                         f"{[len(m) for m in maps]}")
+        return np.concatenate([m.reshape(len(m), -1) for m in maps], axis=1)
+
+    def _leaf_maps(self, explanations: Any, shape: tuple) -> np.ndarray:
         if isinstance(explanations, tf.Tensor):
             maps = explanations.numpy()
         else:
@@ -331,10 +361,10 @@ class ExplanationMetric(BaseAttributionMetric):
             raise validation.type_error("explanations", "a numeric array of maps",
                                         f"an array of dtype {maps.dtype}")
         maps = maps.astype(np.float32, copy=False)
-        shape = tuple(self._sample_shape)
+        shape = tuple(shape)
         if self._channels_first and maps.ndim == len(shape) + 1 and maps.ndim >= 3:
             maps = np.moveaxis(maps, 1, -1)
-        features = self._feature_shape
+        features = self._features_of(shape)
         if maps.ndim >= 1 and tuple(maps.shape[1:]) == features:
             pass
         elif len(shape) >= 2 and maps.ndim == len(shape) + 1 and tuple(

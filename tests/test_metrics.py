@@ -166,8 +166,11 @@ def test_road_imputation_is_exact_on_linear_images_and_orders_differ():
     image = np.stack([0.3 * i - 0.2 * j + 1, 0.1 * i + 0.5 * j], -1)[None].astype("float32")
     removed = np.zeros((1, 10, 12, 1), "float32")
     removed[0, 1:-1, 1:-1] = RNG.random((8, 10, 1)) < 0.7  # interior pixels only
-    imputed = linear_imputation(tf.constant(image), tf.constant(removed), 200).numpy()
-    np.testing.assert_allclose(imputed, image, atol=1e-4)
+    imputed = linear_imputation(tf.constant(image), tf.constant(removed), 200, 1e-6).numpy()
+    np.testing.assert_allclose(imputed, image, atol=1e-5)
+    # the default tolerance stops early, within a tenth of ROAD's default noise (0.01)
+    early = linear_imputation(tf.constant(image), tf.constant(removed), 200).numpy()
+    assert 1e-5 < np.abs(early - image).max() < 1e-3
     # MoRF removes the most relevant pixels first, LeRF the least: on a linear model with
     # positive contributions and the exact map, MoRF's curve falls below LeRF's
     model, w = image_linear((8, 8, 1), seed=1)
@@ -445,6 +448,55 @@ def test_the_runner_batches_extra_rows_with_the_inputs():
         data.from_arrays(x, None, extra=np.ones(4), **kwargs)
 
 
+def two_input_linear():
+    """f(a, b) = sum(wa * a) + wb . b: an image input (2, 2, 2) and a table input (3,)."""
+    a, b = keras.Input((2, 2, 2), name="a"), keras.Input((3,), name="b")
+    flat = keras.layers.Concatenate()([keras.layers.Flatten()(a), b])
+    model = keras.Model([a, b], keras.layers.Dense(1, use_bias=False)(flat))
+    w = RNG.integers(-3, 4, 11).astype("float32")
+    model.layers[-1].set_weights([w[:, None]])
+    return model, w[:8].reshape(2, 2, 2), w[8:]
+
+
+def test_perturbation_metrics_on_a_two_input_model_by_hand():
+    """Each input is perturbed by its own map; the features of both (4 positions of a,
+    3 columns of b) are ranked together: the deletion curve is the model's output minus
+    the contributions removed in the order of the concatenated maps."""
+    model, wa, wb = two_input_linear()
+    xa = RNG.integers(-2, 3, (5, 2, 2, 2)).astype("float32")
+    xb = RNG.integers(-2, 3, (5, 3)).astype("float32")
+    ma, mb = RNG.random((5, 2, 2)).astype("float32"), RNG.random((5, 3)).astype("float32")
+    contrib = np.concatenate([(wa * xa).sum(-1).reshape(5, -1), wb * xb], 1)  # (5, 7)
+    maps = np.concatenate([ma.reshape(5, -1), mb], 1)
+    curves = []
+    for c, m in zip(contrib, maps):
+        order = np.argsort(-m, kind="stable")
+        curves.append([c.sum() - c[order[:k]].sum() for k in range(8)])
+    deletion = Deletion(model, [xa, xb], None, 3, 0.0, -1, operator="regression")
+    np.testing.assert_allclose(deletion.detailed_evaluate([ma, mb], verbose=0), curves,
+                               atol=1e-5)
+    inserted = Insertion(model, [xa, xb], None, 3, 0.0, -1, operator="regression")
+    np.testing.assert_allclose(inserted.detailed_evaluate([ma[..., None], mb], verbose=0),
+                               contrib.sum(1, keepdims=True) - np.array(curves), atol=1e-5)
+    # MuFidelity of GradientInput's maps (one per input) is 1 on a linear model
+    gradient_input = GradientInput(model, operator="regression")([xa, xb])
+    mu = MuFidelity(model, [xa, xb], None, 4, nb_samples=20, operator="regression", seed=0)
+    np.testing.assert_allclose(mu.detailed_evaluate(gradient_input, verbose=0), 1.0,
+                               atol=1e-6)
+    # average drop: x * M per input, M the maps' absolute values min-max normalised together
+    drop = AverageDropMetric(model, [xa, xb], None, 2, operator="regression")
+    low, high = maps.min(1, keepdims=True), maps.max(1, keepdims=True)
+    after = (contrib * (maps - low) / (high - low + 1e-8)).sum(1)
+    before = contrib.sum(1)
+    np.testing.assert_allclose(drop.detailed_evaluate([ma, mb], verbose=0),
+                               np.maximum(before - after, 0) / (before + 1e-8), rtol=1e-4,
+                               atol=1e-4)
+    with pytest.raises(ValueError, match="one map per model input"):
+        deletion([ma])
+    with pytest.raises(TypeError, match="one input"):
+        ROAD(model, [xa, xb], None)
+
+
 def test_multi_input_model_in_stability():
     a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
     out = keras.layers.Dense(2)(keras.layers.Concatenate()([a, b]))
@@ -453,8 +505,6 @@ def test_multi_input_model_in_stability():
     metric = AverageStability(model, (xa, xb), [0, 1, 0, 1], 2, nb_samples=4, seed=0)
     assert metric(Saliency(model)) == pytest.approx(0.0, abs=1e-10)  # linear: constant maps
     assert metric(GradientInput(model)) > 0
-    with pytest.raises(TypeError, match="one input"):
-        Deletion(model, (xa, xb), [0, 1, 0, 1])
 
 
 @pytest.mark.parametrize("build, error, match", [
