@@ -15,7 +15,9 @@ parallel maps, at most one per core, and the one being explained), whatever its 
 
 from __future__ import annotations
 
+import collections
 import functools
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -126,29 +128,43 @@ def _to_array(argument: str, value: Any) -> np.ndarray:
 HOST_CHECK_SIZE = 2**16
 
 
+#: The user's tf.Tensors last found finite, by weak reference. A tensor's values never
+#: change, so explaining the same one again skips reading it back (a copy to the host and a
+#: pass over it, or a reduction); a tensor freed is forgotten (its reference answers None).
+_FINITE: collections.deque = collections.deque(maxlen=8)
+
+
 def all_finite(tensor: tf.Tensor) -> bool:
     """Whether a float tensor holds no NaN and no Inf. A NaN or an Inf anywhere makes the
     sum NaN or Inf, so a finite sum proves every value finite (a sum that overflows on
     finite values answers False, and the caller's exact check then finds nothing)."""
+    if any(known() is tensor for known in _FINITE):
+        return True
     if tensor.shape.num_elements() <= HOST_CHECK_SIZE:
-        return bool(np.isfinite(tensor.numpy()).all())
-    return bool(np.isfinite(tf.reduce_sum(tensor).numpy()))
+        finite = bool(np.isfinite(tensor.numpy()).all())
+    else:
+        finite = bool(np.isfinite(tf.reduce_sum(tensor).numpy()))
+    if finite:
+        _FINITE.append(weakref.ref(tensor))
+    return finite
 
 
 def _shape_text(shape) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
 
-def _check_sample_shape(sample_shape: tuple, model_shape: tuple | None, given: str,
+def _check_sample_shape(sample_shape: tuple, model_shape: tuple | None, given,
                         argument: str = "inputs") -> None:
-    if model_shape is None:
+    """``given``: the shape as the message shows it, or a callable making that text (only
+    called on a mismatch)."""
+    if model_shape is None or sample_shape == model_shape:
         return
-    expected = f"inputs of shape (N, {', '.join(str(d) for d in model_shape)})"
     if len(sample_shape) != len(model_shape) or any(
         m is not None and s is not None and m != s for s, m in zip(sample_shape, model_shape)
     ):
+        expected = f"inputs of shape (N, {', '.join(str(d) for d in model_shape)})"
         raise validation.value_error(
-            argument, expected + " for this model", f"shape {given}"
+            argument, expected + " for this model", f"shape {given() if callable(given) else given}"
         )
 
 
@@ -222,9 +238,7 @@ def _encode_targets(targets, count, rules, output_shape):
                 f"ids from {values.min():g} to {values.max():g}",
             )
         _check_spatial(shape[1:], output_shape[1:rank], rules, output_shape)
-        one_hot = np.zeros((*shape, width), np.float32)
-        np.put_along_axis(one_hot, values.astype(np.intp, copy=False)[..., None], 1.0, -1)
-        return tf.constant(one_hot)
+        return tf.constant(_identity(width)[values.astype(np.intp, copy=False)])
     if rank in float_ranks:
         if shape[-1] != width:
             raise validation.value_error(
@@ -246,6 +260,14 @@ def _encode_targets(targets, count, rules, output_shape):
         return tf.cast(given, tf.float32) if given is not None else tf.constant(values)
     raise validation.value_error("targets", _expected_targets(rules, output_shape),
                                  f"shape {tuple(shape)}")
+
+
+@functools.lru_cache(maxsize=8)
+def _identity(width: int) -> np.ndarray:
+    """The ``(width, width)`` float32 identity: its rows are the one-hot encodings of ids."""
+    identity = np.eye(width, dtype=np.float32)
+    identity.flags.writeable = False
+    return identity
 
 
 def _check_spatial(given, expected_shape, rules: TargetRules, output_shape: tuple) -> None:
@@ -353,10 +375,11 @@ def from_arrays(
             raise validation.value_error(
                 name, f"as many rows as {names[0]} ({tensors[0].shape[0]})",
                 f"shape {tuple(tensor.shape)}")
-        _check_sample_shape(tuple(tensor.shape[1:]), model_shape, _shape_text(tensor.shape),
-                            name)
+        _check_sample_shape(tuple(tensor.shape[1:]), model_shape,
+                            lambda t=tensor: _shape_text(t.shape), name)
         floating = tensor.dtype.is_floating
-        tensor = tf.cast(tensor, tf.float32)
+        if tensor.dtype != tf.float32:
+            tensor = tf.cast(tensor, tf.float32)
         # integers and booleans are finite (as float32 too); a float64 beyond float32's
         # range became Inf and is refused here
         if floating and not all_finite(tensor):

@@ -136,7 +136,7 @@ def _flat_call(concrete, args: tuple, flat: list):
         parameters = list(inspect.signature(call).parameters) if call is not None else []
         function_type = concrete.function_type
         unpacked = function_type.unpack_inputs(function_type.bind(*args))
-    except Exception:  # noqa: BLE001 - any change of the internals: the structured call
+    except Exception:  # any change of the internals: the structured call
         return None
     if parameters != ["tensor_inputs", "captured_inputs"] or len(unpacked) != len(flat) or \
             any(a is not b for a, b in zip(unpacked, flat)):
