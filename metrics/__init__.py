@@ -18,6 +18,7 @@ from .fidelity import (
     Deletion,
     Insertion,
     MuFidelity,
+    curve_area,
 )
 from .localization import (
     AUC,
@@ -62,6 +63,7 @@ __all__ = [
     "RelevanceRank",
     "Sparseness",
     "auc",
+    "curve_area",
     "pointing_game",
     "relevance_mass",
     "relevance_rank",

@@ -41,6 +41,21 @@ def _fraction(argument: str, value, low_open: bool = True) -> float:
     return float(value)
 
 
+def curve_area(curves: Any) -> np.ndarray:
+    """Per-curve areas ``(N,)`` of curves ``(N, K)`` sampled at ``K`` equal steps over
+    ``[0, 1]`` (trapezoids; a 1-D curve gives one area): what :class:`Deletion` and
+    :class:`Insertion` average in ``evaluate``, from their ``detailed_evaluate`` curves.
+
+    >>> curve_area([[1.0, 0.5, 0.0], [1.0, 1.0, 1.0]])
+    array([0.5, 1. ])
+    """
+    values = np.asarray(curves, np.float64)
+    if values.ndim not in (1, 2) or values.shape[-1] < 2:
+        raise validation.value_error("curves", "curves (N, K) or one curve (K,), K >= 2",
+                                     f"shape {values.shape}")
+    return np.mean((values[..., 1:] + values[..., :-1]) * 0.5, axis=-1)
+
+
 class _Perturbation(ExplanationMetric):
     """Helpers of the perturbation kernels: feature masks, baselines.
 
@@ -158,7 +173,7 @@ class CausalFidelity(_Perturbation):
         self.features_perturbed = np.linspace(0, most, steps + 1).astype(np.int32)
 
     def _summary(self, curves: np.ndarray) -> float:
-        return float(np.mean((curves[:, :-1] + curves[:, 1:]) * 0.5))
+        return float(np.mean(curve_area(curves)))
 
     def _step(self, inputs, targets, offset, seed, maps, valid):
         batch = tf.shape(self._first(inputs))[0]

@@ -35,6 +35,7 @@ from saliencekit.metrics import (
     RelevanceMass,
     RelevanceRank,
     Sparseness,
+    curve_area,
 )
 from saliencekit.metrics.fidelity import linear_imputation
 
@@ -87,8 +88,9 @@ def test_deletion_and_insertion_curves_of_a_linear_model_are_exact(batch_size):
     inserted = insertion.detailed_evaluate(MAPS, verbose=0)
     np.testing.assert_allclose(inserted, by_hand(X, W, MAPS, range(D + 1), True), atol=1e-5)
     # the score is the trapezoidal area on a [0, 1] axis, averaged over inputs
-    expected = np.mean((curves[:, 1:] + curves[:, :-1]) / 2)
-    assert deletion(MAPS) == pytest.approx(expected, rel=1e-6)
+    areas = np.mean((curves[:, 1:] + curves[:, :-1]) / 2, axis=1)
+    np.testing.assert_allclose(curve_area(curves), areas, rtol=1e-6)
+    assert deletion(MAPS) == pytest.approx(areas.mean(), rel=1e-6)
 
 
 def test_deletion_steps_share_and_channels_follow_xplique():
