@@ -228,9 +228,19 @@ def build_explainer(chain: list[str], assigned: list[dict], model, **common):
     return explainer
 
 
+class _LazyAttributions:
+    """``saliencekit.attributions``, imported on first use: the demo's method names are
+    checked before TensorFlow starts."""
+
+    def __getattr__(self, name):
+        from saliencekit import attributions
+
+        return getattr(attributions, name)
+
+
 def method_factories(conv_layer: str | None = None, fast: bool = False) -> dict:
     """name -> ``callable(model, **kwargs)``: every explainer the package has (the demo's)."""
-    from saliencekit import attributions as a
+    a = _LazyAttributions()  # imported (with TensorFlow) when a factory is called
 
     samples = 10 if fast else 25
     cam = {"conv_layer": conv_layer}
@@ -266,7 +276,7 @@ def method_factories(conv_layer: str | None = None, fast: bool = False) -> dict:
 def vit_method_factories(fast: bool = False) -> dict:
     """name -> ``callable(model)``: the methods the ViT demo runs (the CAMs on the last
     block's tokens, the attention methods on the mean of tokens, the head's pooling)."""
-    from saliencekit import attributions as a
+    a = _LazyAttributions()  # imported (with TensorFlow) when a factory is called
 
     samples = 10 if fast else 25
     return {
@@ -291,7 +301,7 @@ def text_method_factories(fast: bool = False, mask_id: int = 0) -> dict:
     attention on the mean of tokens, black-box methods hiding tokens behind ``mask_id``:
     a ``[MASK]`` token; the pad id would leave a sequence with every token hidden empty,
     and a masked mean of no token is NaN)."""
-    from saliencekit import attributions as a
+    a = _LazyAttributions()  # imported (with TensorFlow) when a factory is called
 
     samples = 10 if fast else 25
     return {
@@ -583,13 +593,13 @@ def figure_path(out: str, name: str = "demo") -> Path:
 
 def run_demo(args) -> int:
     figure = figure_path(args.out, "demo" if args.model == "cnn" else f"demo-{args.model}")
-    start_tensorflow(args.verbose)  # before saliencekit.commons, which imports TensorFlow
     if args.model == "cnn":
         factories = method_factories("last_conv", fast=args.fast)
     else:
         factories = vit_method_factories(args.fast) if args.model == "vit" else \
             text_method_factories(args.fast, mask_id=TEXT_MASK_ID)
     factories = select_methods(factories, args.methods)
+    start_tensorflow(args.verbose)  # before saliencekit.commons, which imports TensorFlow
     from saliencekit.commons import plot
 
     plot.require_matplotlib()  # before any heavy work
@@ -820,7 +830,7 @@ def plot_curves(curves: dict, path: Path) -> None:
     figure = Figure(figsize=(9, 3.4), dpi=100)
     FigureCanvasAgg(figure)
     shown = [n for n in ("Saliency", "IntegratedGradients", "GradCAM", "Occlusion", "Rise",
-                         "KernelShap") if n in curves]
+                         "KernelShap") if n in curves] or list(curves)[:6]
     for column, (title, index) in enumerate((("deletion", 0), ("insertion", 1))):
         axes = figure.add_subplot(1, 2, column + 1)
         for name in shown:

@@ -446,18 +446,25 @@ def test_any_library_value_or_type_error_is_one_line(monkeypatch, photos, softma
 
 
 # -- the demo ---------------------------------------------------------------------------------
+def demo(tmp_path, *argv):
+    """``python -m saliencekit demo ARGV`` with its model cache in ``tmp_path/cache``."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")},
+           "SALIENCEKIT_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-m", "saliencekit", "demo", *map(str, argv)],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr
+    assert_clean(result)
+    return result
+
+
 def test_demo_writes_its_figure_where_asked(tmp_path):
+    """Every method the demo has runs (scores without the metrics columns: those are
+    checked on the ViT's demo, the same code)."""
     pytest.importorskip("matplotlib")  # the plot extra is part of the test extra
     env_cache = tmp_path / "cache"
     figure = tmp_path / "figures" / "demo.png"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")},
-           "SALIENCEKIT_CACHE": str(env_cache)}
-    result = subprocess.run(
-        [sys.executable, "-m", "saliencekit", "demo", "--out", str(figure), "--train", "64",
-         "--epochs", "1", "--samples", "4", "--rows", "2", "--fast"],
-        capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr
-    assert_clean(result)
+    result = demo(tmp_path, "--out", figure, "--train", "64", "--epochs", "1", "--samples",
+                  "4", "--rows", "2", "--fast", "--no-metrics")
     assert figure.is_file()  # the PNG at that path, not a directory of that name
     png = tf.io.decode_png(tf.io.read_file(str(figure))).numpy()
     assert png.shape[0] > 100 and png.shape[1] > 100 and png.std() > 0
@@ -465,15 +472,68 @@ def test_demo_writes_its_figure_where_asked(tmp_path):
         assert name in result.stdout
     count = len(method_factories())
     assert re.search(rf"^{count}/{count} methods \(100%\)", result.stdout, re.MULTILINE)
-    curves = figure.with_name("demo-curves.png")  # deletion and insertion curves
-    assert tf.io.decode_png(tf.io.read_file(str(curves))).numpy().std() > 0
-    assert re.search(r"^GradCAM +\d+% +[\d.]+ +-?[\d.]+ +-?[\d.]+ +-?[\d.]+ ", result.stdout,
-                     re.MULTILINE)  # pointing, mass, deletion, insertion, randomisation
+    assert re.search(r"^GradCAM +\d+% +[\d.]+ +[\d.]+$", result.stdout, re.MULTILINE)
+    assert not figure.with_name("demo-curves.png").exists()  # --no-metrics
     assert "Held-out accuracy" in result.stdout and "cached at" in result.stdout
     assert len(list(env_cache.glob("*.keras"))) == 1
     status, err, _ = checks_only("demo", "--out", tmp_path / "cache" / next(
         env_cache.glob("*.keras")).name / "x.png")
     assert status == 2 and "--out: expected a directory or an image path" in err
+
+
+def cached_demo_model(tmp_path, monkeypatch, trained, **settings):
+    """Save ``trained`` where the demo of these settings finds its model (training
+    is the CNN test's part): the demo loads it, as a second run does."""
+    import argparse
+
+    from saliencekit.__main__ import demo_settings
+
+    monkeypatch.setenv("SALIENCEKIT_CACHE", str(tmp_path / "cache"))
+    _, _, path = demo_settings(argparse.Namespace(seed=0, **settings))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trained.save(path)
+
+
+def test_demo_vit_with_the_metrics_columns(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from saliencekit.__main__ import vit_method_factories, vit_model
+
+    cached_demo_model(tmp_path, monkeypatch, vit_model(0), model="vit", train=32, epochs=1)
+    methods = ["LayerCAM", "AttentionRollout", "TransformerAttribution"]
+    result = demo(tmp_path, "--model", "vit", "--out", tmp_path / "out", "--train", "32",
+                  "--epochs", "1", "--samples", "4", "--rows", "2", "--fast", "--methods",
+                  "layercam,attention-rollout,TransformerAttribution")
+    assert "Loaded the trained demo model" in result.stdout  # its custom layer included
+    assert "Held-out accuracy" in result.stdout
+    for name in methods:  # pointing, mass, deletion, insertion, randomisation, seconds
+        assert re.search(rf"^{name} +\d+% +[\d.]+ +-?[\d.]+ +-?[\d.]+ +-?[\d.]+ +[\d.]+$",
+                         result.stdout, re.MULTILINE), result.stdout
+    assert "GradCAM " not in result.stdout and set(methods) <= set(vit_method_factories())
+    for name in ("demo-vit.png", "demo-vit-curves.png"):
+        assert tf.io.decode_png(tf.io.read_file(str(tmp_path / "out" / name))).numpy().std() > 0
+
+
+def test_demo_text_writes_token_maps(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from saliencekit.__main__ import TEXT_MASK_ID, text_model
+
+    cached_demo_model(tmp_path, monkeypatch, text_model(0, TEXT_MASK_ID + 1), model="text",
+                      train=64, epochs=1)
+    result = demo(tmp_path, "--model", "text", "--out", tmp_path / "out", "--train", "64",
+                  "--epochs", "1", "--samples", "4", "--rows", "2", "--fast", "--methods",
+                  "Saliency,TransformerAttribution,Occlusion")
+    assert "Loaded the trained demo model" in result.stdout
+    rows = re.findall(r"^(\w+) +(\d+)% +([\d.]+|nan) +[\d.]+$", result.stdout, re.MULTILINE)
+    assert [row[0] for row in rows] == ["Saliency", "TransformerAttribution", "Occlusion"]
+    assert all(int(hit) % 25 == 0 for _, hit, _ in rows)  # 4 sequences: 0, 25, ... 100%
+    page = (tmp_path / "out" / "demo-text.html").read_text()
+    assert page.count("<h2>") == 2 and page.count("<tr>") == 2 * 3  # 2 sequences x methods
+    assert page.count('<span style="background-color') >= 2 * 3 * 8  # 8+ tokens each
+    assert "key" in page and "<pad>" not in page  # padding is not shown
+    png = tf.io.decode_png(tf.io.read_file(str(tmp_path / "out" / "demo-text.png"))).numpy()
+    assert png.std() > 0
+    status, err, imported = checks_only("demo", "--model", "text", "--methods", "GradCAMM")
+    assert status == 2 and "--methods: expected names among Saliency" in err and not imported
 
 
 def test_pointing_game_and_relevance_mass_on_hand_arrays():
