@@ -19,7 +19,7 @@ from .base import ExplainerMetric, check_explainer, flat_maps, traceable
 
 _DISTANCES = {
     "l1": lambda a, b: tf.reduce_sum(tf.abs(a - b), axis=1),
-    "l2": lambda a, b: tf.reduce_sum(tf.square(a - b), axis=1),
+    "l2": lambda a, b: tf.norm(a - b, axis=1),
 }
 
 
@@ -153,9 +153,9 @@ class AverageStability(_Neighbourhood):
     radius : float, default 0.1
         Neighbours are ``x + radius * u``, ``u`` uniform in ``[-1, 1]`` per value.
     distance : "l1", "l2" or callable, default "l2"
-        Between flattened maps ``(B, F)``: ``"l1"`` sums absolute differences, ``"l2"``
-        squared ones (xplique's definitions); a callable takes two ``(B, F)`` tensors
-        and returns ``(B,)``.
+        Between flattened maps ``(B, F)``: ``"l1"`` the sum of absolute differences,
+        ``"l2"`` the Euclidean norm of the difference (xplique's definitions); a callable
+        takes two ``(B, F)`` tensors and returns ``(B,)``.
     nb_samples : int, default 200
         Neighbours per input.
     seed : int or None (keyword-only)
@@ -164,10 +164,11 @@ class AverageStability(_Neighbourhood):
     operator, activation (keyword-only)
         For ``targets=None`` (the predicted class); the explainer keeps its own operator.
 
-    ``evaluate(explainer, base_explanations=None)``, as xplique's. Differences: xplique's
-    neighbours are ``x + u``, ``u`` uniform in ``[0, 1 / d]`` with ``d`` the number of
-    values, the same for every input, and its ``radius`` is not used; here ``radius``
-    is the neighbourhood's size, centred on ``x``.
+    ``evaluate(explainer, base_explanations=None)``, as xplique's. The difference:
+    xplique 2.0's neighbours are ``x + u``, ``u`` uniform in ``[0, radius)`` (one-sided:
+    the neighbourhood is centred on ``x + radius / 2``), the same ``nb_samples`` draws for
+    every input, from TensorFlow's global generator; here they are centred on ``x``, as
+    Bhatt et al. define them, and drawn per input (seeded).
     """
 
     def _reduce(self, distances, norms):
@@ -180,15 +181,9 @@ class MaxSensitivity(_Neighbourhood):
     map over its neighbours, relative to the map's norm (as Quantus normalises it),
     ``max_j ||phi(x + d_j) - phi(x)|| / ||phi(x)||``. Lower is better.
 
-    Parameters are those of :class:`AverageStability`, but ``distance="l2"`` is the
-    Euclidean norm of the difference (not squared), ``"l1"`` the sum of absolute values.
-    A map of norm 0 gives 0 if its neighbours' are 0 too, else Inf.
+    Parameters are those of :class:`AverageStability`. A map of norm 0 gives 0 if its
+    neighbours' are 0 too, else Inf.
     """
-
-    def _distance(self, a, b):
-        if self.distance == "l2":
-            return tf.norm(a - b, axis=1)
-        return super()._distance(a, b)
 
     def _reduce(self, distances, norms):
         return tf.math.divide_no_nan(tf.reduce_max(distances, 1), norms[:, 0]) + tf.where(

@@ -215,6 +215,13 @@ def test_stability_takes_any_callable_explainer_eagerly():
 
     np.testing.assert_allclose(metric.detailed_evaluate(plain, verbose=0),
                                metric.detailed_evaluate(grad_input, verbose=0), rtol=1e-5)
+    # xplique's distances: "l1" sums absolute differences, "l2" is the Euclidean norm
+    for name, by_hand in [("l1", lambda a, b: tf.reduce_sum(tf.abs(a - b), 1)),
+                          ("l2", lambda a, b: tf.sqrt(tf.reduce_sum((a - b) ** 2, 1)))]:
+        named, own = (AverageStability(model, X, None, 3, 0.05, d, 6, seed=4,
+                                       operator="regression") for d in (name, by_hand))
+        np.testing.assert_allclose(named.detailed_evaluate(plain, verbose=0),
+                                   own.detailed_evaluate(plain, verbose=0), rtol=1e-5)
 
 
 # -- randomisation --------------------------------------------------------------------------
