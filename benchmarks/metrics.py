@@ -1,15 +1,22 @@
 """Speed of saliencekit's metrics, as ratios to their limits measured in the same run.
 
-    python benchmarks/metrics.py [--models cnn mobilenetv2] [--repeats 3] [--peer xplique]
+    python benchmarks/metrics.py [--models cnn mobilenetv2] [--repeats 5] [--peer xplique]
 
 A metric's limit is its number of forward passes on the same batch (compiled model, one
 batch of ``n`` inputs per pass): ``steps + 1`` for Deletion and Insertion, ``nb_samples + 1``
 for MuFidelity, 2 for the average drop, one per percentage for ROAD (whose linear
-imputation is extra work the limit leaves out), ``nb_samples + 1`` forward+backward passes
-for AverageStability of Saliency. Each time is the median over ``--repeats`` rounds that
-time every reference, metric and peer in turn, after a warm-up; metrics are built once.
+imputation is extra work the limit leaves out). AverageStability explains the inputs and
+``nb_samples`` neighbours of each: ``nb_samples + 1`` maps per input, each one pass of the
+explainer, which for Saliency is one forward+backward pass (the limit); the ratio to the
+explainer's own ``explain`` of the batch is printed beside it (``expl.``).
+
+Rounds are interleaved: each round times every reference, metric and peer in turn, after a
+warm-up; metrics are built once. A ratio is taken within each round (the metric's time over
+its passes times the reference's time in the same round), and the median and the range over
+``--repeats`` rounds are printed: on a shared machine the range is the honest figure.
 ``--peer xplique`` (run with the peer venv, see PEERS.md) times xplique 2.0's metrics on
-the same model, inputs and maps, and prints the largest difference of their scores.
+the same model, inputs and maps, and prints the difference of the scores, with, for the
+random metrics, the spread of saliencekit's own score over three seeds beside it.
 """
 
 from __future__ import annotations
@@ -35,19 +42,26 @@ from saliencekit.metrics import (
     Deletion,
     Insertion,
     MuFidelity,
+    curve_area,
 )
 
 STEPS = 10
 SAMPLES = 20
 STABILITY_SAMPLES = 5
+RADIUS = 0.1  # xplique's default
 PERCENTAGES = (0.2, 0.5, 0.8)
 
 
+def input_as_map(x, t):
+    """An explainer whose map is its input: the distance between two neighbours' maps is
+    the distance between the neighbours, whatever the neighbourhood's centre."""
+    return np.asarray(x, np.float32)
+
+
 def cases(model, x, y, n):
-    """name -> (metric call, limit in passes, reference, peer call or None)."""
+    """name -> (metric call, limit in passes, reference); the maps; the seeded metrics."""
     shape = x.shape
     maps = np.abs(np.random.default_rng(1).normal(size=shape[:-1])).astype("float32")
-    kw = {"batch_size": n}
     out = {
         "deletion": (Deletion(model, x, y, n, steps=STEPS), STEPS + 1, "fwd"),
         "insertion": (Insertion(model, x, y, n, steps=STEPS), STEPS + 1, "fwd"),
@@ -59,12 +73,22 @@ def cases(model, x, y, n):
     }
     calls = {name: (lambda m=metric: m.detailed_evaluate(maps, verbose=0), passes, ref)
              for name, (metric, passes, ref) in out.items()}
-    saliency = Saliency(model, **kw)
-    stability = AverageStability(model, x, y, n, 0.05, nb_samples=STABILITY_SAMPLES, seed=0)
+    saliency = Saliency(model, batch_size=n)
+    stability = AverageStability(model, x, y, n, RADIUS, nb_samples=STABILITY_SAMPLES,
+                                 seed=0)
+    explainer_passes = 1  # Saliency: one forward+backward pass per map
     calls["stability (saliency)"] = (
-        lambda: stability.detailed_evaluate(saliency, verbose=0), STABILITY_SAMPLES + 1,
-        "fwd+bwd")
-    return calls, maps
+        lambda: stability.detailed_evaluate(saliency, verbose=0),
+        (STABILITY_SAMPLES + 1) * explainer_passes, "fwd+bwd")
+    seeded = {
+        "mufidelity": lambda seed: MuFidelity(model, x, y, n, nb_samples=SAMPLES, seed=seed)(
+            maps),
+        "stability (saliency)": lambda seed: AverageStability(
+            model, x, y, n, RADIUS, nb_samples=STABILITY_SAMPLES, seed=seed)(saliency),
+        "stability (input as map)": lambda seed: AverageStability(
+            model, x, y, n, RADIUS, nb_samples=STABILITY_SAMPLES, seed=seed)(input_as_map),
+    }
+    return calls, maps, saliency, seeded
 
 
 def peer_cases(model, x, y, n, maps):
@@ -80,7 +104,7 @@ def peer_cases(model, x, y, n, maps):
     xi = XInsertion(model, x, one_hot, n, steps=STEPS)
     xm = XMu(model, x, one_hot, n, nb_samples=SAMPLES)
     xa = XDrop(model, x, one_hot, n, activation="softmax")
-    xs = XStability(model, x, one_hot, n, nb_samples=STABILITY_SAMPLES)
+    xs = XStability(model, x, one_hot, n, RADIUS, nb_samples=STABILITY_SAMPLES)
     xsal = XSaliency(model, batch_size=n)
     return {
         "deletion": lambda: xd.evaluate(maps),
@@ -88,7 +112,7 @@ def peer_cases(model, x, y, n, maps):
         "mufidelity": lambda: xm.evaluate(maps),
         "average drop": lambda: xa.evaluate(maps),
         "stability (saliency)": lambda: xs.evaluate(xsal),
-    }
+    }, {"stability (input as map)": lambda: xs.evaluate(input_as_map)}
 
 
 def timed(call) -> float:
@@ -102,14 +126,16 @@ def timed(call) -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["cnn", "mobilenetv2"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--peer", choices=["xplique"], default=None)
     args = parser.parse_args()
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} cores; steps={STEPS}, "
-          f"nb_samples={SAMPLES} (stability {STABILITY_SAMPLES}), ROAD {PERCENTAGES}")
-    header = f"{'model':<12} {'metric':<22} {'passes':>6} {'time s':>8} {'ratio':>6}"
+          f"nb_samples={SAMPLES} (stability {STABILITY_SAMPLES}, radius {RADIUS}), "
+          f"ROAD {PERCENTAGES}; {args.repeats} interleaved rounds")
+    header = (f"{'model':<12} {'metric':<24} {'passes':>6} {'time s':>7} {'ratio':>5} "
+              f"{'(range)':<11}")
     if args.peer:
-        header += f" {'xplique s':>10} {'speed-up':>9} {'|diff|':>8}"
+        header += f" {'xplique s':>9} {'speed-up':>8} {'|diff|':>8} {'own spread':>10}"
     print(header)
     for name in args.models:
         model, shape, conv_layer = MODELS[name]()
@@ -118,10 +144,11 @@ def main():
         x = rng.random(shape).astype("float32")
         y = rng.integers(0, 10, n)
         refs = limits(model, x, y, conv_layer)
-        calls, maps = cases(model, x, y, n)
-        peers = peer_cases(model, x, y, n, maps) if args.peer else {}
+        calls, maps, saliency, seeded = cases(model, x, y, n)
+        peers, agreements = peer_cases(model, x, y, n, maps) if args.peer else ({}, {})
         tensor = tf.constant(x)
         everything = {f"ref {k}": (lambda r=r, v=tensor: r(v)) for k, r in refs.items()}
+        everything["ref explainer"] = lambda s=saliency, v=x, t=y: s(v, t)
         everything.update({k: c[0] for k, c in calls.items()})
         everything.update({f"peer {k}": c for k, c in peers.items()})
         for call in everything.values():  # warm-up: traces and first calls
@@ -130,20 +157,41 @@ def main():
         for _ in range(args.repeats):  # interleaved rounds
             for key, call in everything.items():
                 times[key].append(timed(call))
-        median = {k: statistics.median(v) for k, v in times.items()}
         for metric, (call, passes, ref) in calls.items():
-            limit = passes * median[f"ref {ref}"]
-            row = (f"{name:<12} {metric:<22} {passes:>6} {median[metric]:>8.3f} "
-                   f"{median[metric] / limit:>6.2f}")
+            ratios = [t / (passes * r) for t, r in zip(times[metric], times[f"ref {ref}"])]
+            row = (f"{name:<12} {metric:<24} {passes:>6} "
+                   f"{statistics.median(times[metric]):>7.3f} "
+                   f"{statistics.median(ratios):>5.2f} "
+                   f"{f'({min(ratios):.2f}-{max(ratios):.2f})':<11}")
+            if ref == "fwd+bwd":
+                explained = [t / (passes * r) for t, r in
+                             zip(times[metric], times["ref explainer"])]
+                row += f" expl. {statistics.median(explained):.2f}"
             if args.peer and metric in peers:
-                ours = call()
-                ours = float(np.mean((ours[:, 1:] + ours[:, :-1]) / 2)) if metric in (
-                    "deletion", "insertion") else float(np.mean(ours))
-                theirs = float(peers[metric]())
-                row += (f" {median['peer ' + metric]:>10.3f} "
-                        f"{median['peer ' + metric] / median[metric]:>8.1f}x "
-                        f"{abs(ours - theirs):>8.2g}")
+                row += " " + compare(metric, call, peers[metric], seeded.get(metric),
+                                     statistics.median(times[metric]),
+                                     statistics.median(times["peer " + metric]))
             print(row, flush=True)
+        for metric, peer in agreements.items():  # definitions, timed elsewhere
+            print(f"{name:<12} {metric:<24} {'':>6} {'':>7} {'':>5} {'':<11} "
+                  + compare(metric, None, peer, seeded[metric], None, None), flush=True)
+
+
+def compare(metric, call, peer, seeded, ours_s, theirs_s) -> str:
+    """xplique's time and speed-up, the difference of the scores and, for a random metric,
+    saliencekit's own spread (max - min over seeds 0, 1, 2)."""
+    if seeded is not None:
+        own = [float(seeded(seed)) for seed in (0, 1, 2)]
+        ours, spread = own[0], f"{max(own) - min(own):>10.2g}"
+    else:
+        out = call()
+        ours = float(np.mean(curve_area(out))) if metric in ("deletion", "insertion") \
+            else float(np.mean(out))
+        spread = f"{'-':>10}"
+    theirs = float(peer())
+    timing = (f"{theirs_s:>9.3f} {theirs_s / ours_s:>7.1f}x" if ours_s else
+              f"{'':>9} {'':>8}")
+    return f"{timing} {abs(ours - theirs):>8.2g} {spread}  ({ours:.4g} vs {theirs:.4g})"
 
 
 if __name__ == "__main__":
