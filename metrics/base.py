@@ -111,7 +111,8 @@ class BaseAttributionMetric(runner.Runner):
     any forward pass.
     """
 
-    #: The metric compares maps feature by feature: one model input only.
+    #: The metric takes a model with one input only (ROAD: images imputed from their
+    #: neighbours); perturbation metrics take several.
     _single_input = True
 
     def __init__(
@@ -239,7 +240,8 @@ class ExplanationMetric(BaseAttributionMetric):
 
     Maps are ``(N, *S)``, ``(N, *S, 1)`` or ``(N, *S, C)`` for inputs ``(N, *S, C)``
     (images, series: a feature is a position, its channels go together; maps with channels
-    are averaged over them, as xplique does), and ``(N, D)`` for tables ``(N, D)``.
+    are averaged over them, as xplique does), and ``(N, D)`` for tables ``(N, D)``. A
+    multi-input model's maps are one per input, in the inputs' structure (a list or dict).
     A subclass writes ``_step(inputs, targets, offset, seed, maps, valid)`` -> ``(B, ...)``
     per-input values, compiled once per shape by the runner.
     """

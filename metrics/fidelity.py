@@ -135,6 +135,9 @@ class CausalFidelity(_Perturbation):
     A feature is a position (pixel, time step) with all its channels, or a column of a
     table; maps with channels are averaged over them. Ties in a map are broken by position
     (the first in row-major order goes first); xplique leaves them to numpy's sort.
+    A multi-input model takes one map per input (a list or dict in the inputs' structure,
+    as explainers return them): the features of all inputs are ranked together, so maps
+    of different inputs must be on one scale (xplique takes one input only).
 
     ``evaluate(maps)`` is the area under the curve (trapezoids on an axis normalised to
     [0, 1], averaged over inputs; as xplique's). ``detailed_evaluate(maps)`` gives the
