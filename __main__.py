@@ -814,11 +814,10 @@ td {{ font-family: monospace; }}
 
 
 def _area(curves) -> float:
-    """Mean area under per-input curves sampled at equal steps over [0, 1] (trapezoids)."""
-    import numpy as np
+    """The mean area under per-input curves (:func:`saliencekit.metrics.curve_area`)."""
+    from saliencekit import metrics
 
-    mean = np.asarray(curves, np.float64).mean(axis=0)
-    return float(np.sum((mean[1:] + mean[:-1]) / 2) / (len(mean) - 1))
+    return float(metrics.curve_area(curves).mean())
 
 
 def plot_curves(curves: dict, path: Path) -> None:

@@ -107,7 +107,7 @@ class _Attention:
                     "Embedding) with other inputs", f"a model with "
                     f"{len(self._input_structure)} inputs and no Embedding of one")
             if self._input_structure is not None:
-                keys = inspect_model._input_keys(graph)
+                keys = inspect_model.input_keys(graph)
                 ids_input = graph.inputs[keys.index(self._token_model.ids_key)]
         self._attention_graph = graph
         self._attention_nodes = nodes
@@ -122,15 +122,36 @@ class _Attention:
             raise validation.value_error(
                 "model", "a transformer of images (N, H, W, C) or token ids (N, T)",
                 f"a model of inputs {tuple(ids_input.shape)}")
-        self.token_grid, self._layout = None, None
+        self._layout = None  # recorded attention of inputs of unknown shape: per trace
         if nodes:
             query = None
             if nodes[0].inputs:
                 producers = {id(n.output): n for n in graph.nodes}
                 query = producers.get(id(nodes[0].inputs[0]))
-            self._set_layout([tuple(n.scores.shape[2:]) for n in nodes], query)
+            self._layout = self._layout_of([tuple(n.scores.shape[2:]) for n in nodes], query)
+        elif all(None not in spec.shape for spec in self._input_specs(graph)):
+            # the shapes of the recorded attention: one eager call on a batch of zeros
+            zeros = tf.nest.map_structure(lambda spec: tf.zeros((1, *spec.shape), spec.dtype),
+                                          self._input_specs(graph, structured=True))
+            with inspect_model.recording_attention(self._inner) as records:
+                self._explained(zeros, training=False)
+            self._layout = self._layout_of([tuple(r.shape[2:]) for r in records])
+        self.token_grid = None if self._layout is None or self._layout[0] is None else \
+            self._layout[:2]
 
-    def _set_layout(self, shapes: list, query=None) -> None:
+    def _input_specs(self, graph, structured: bool = False):
+        """The inputs as ``tf.TensorSpec`` without the batch axis: a flat list, or in the
+        structure the model takes."""
+        specs = [tf.TensorSpec(tuple(t.shape[1:]), keras.backend.standardize_dtype(t.dtype))
+                 for t in graph.inputs]
+        if not structured:
+            return specs
+        keys = inspect_model.input_keys(graph)
+        if graph.named_inputs is not None:
+            return dict(zip(keys, specs))
+        return specs[0] if len(specs) == 1 else specs
+
+    def _layout_of(self, shapes: list, query=None) -> tuple:
         """Check the attention's shapes (self-attention over one sequence of a fixed
         length) and find the tokens' place in the input: ``(h, w, extra)`` for an image,
         ``(None, None, extra)`` for token ids. ``query``: the node of the first attention's
@@ -156,10 +177,10 @@ class _Attention:
                 raise validation.value_error(
                     "token_grid", "(h, w): the patch grid of the attention's tokens",
                     repr(self._token_grid_given), str(error)) from None
-            self.token_grid, layout = (h, w), (h, w, extra)
+            layout = (h, w, extra)
         elif self._ids_length is not None:
             layout = (None, None, max(count - self._ids_length, 0))
-        self._layout = layout
+        return layout
 
     def _recorded(self, inputs, outputs: list):
         """Calls the model on ``inputs`` recording its inner attention; ``outputs`` gets
@@ -167,8 +188,6 @@ class _Attention:
         with inspect_model.recording_attention(self._inner) as records:
             results = self._explained(inputs, training=False)
         outputs[:] = tf.nest.flatten(results)
-        if self._layout is None:  # known once traced: the shapes of this call
-            self._set_layout([tuple(s.shape[2:]) for s in records])
         return list(records)
 
     def _keep(self, inputs) -> tf.Tensor | None:
@@ -183,11 +202,11 @@ class _Attention:
             padding = zero if padding is None else padding | zero
         return None if padding is None else 1.0 - tf.cast(padding, tf.float32)
 
-    def _relevance(self, joint: tf.Tensor, inputs) -> tf.Tensor:
+    def _relevance(self, joint: tf.Tensor, inputs, scores: list) -> tf.Tensor:
         """The explained token's row ``(B, T)`` of a ``(B, T, T)`` rollout, on the input's
         frame: ``(B, h, w)`` patches for images (leading tokens dropped), ``(B, T)``
         tokens for token inputs (padding 0; the mean of tokens is over the others)."""
-        h, w, extra = self._layout
+        h, w, extra = self._layout or self._layout_of([tuple(s.shape[2:]) for s in scores])
         keep = self._keep(inputs)
         if keep is not None and extra:
             keep = tf.pad(keep, [[0, 0], [extra, 0]], constant_values=1.0)
@@ -291,7 +310,8 @@ class AttentionRollout(_Attention, BlackBoxExplainer):
         else:
             scores = self._scores(inputs, training=False)
             scores = list(scores) if isinstance(scores, (list, tuple)) else [scores]
-        return self._relevance(rollout(scores, self.head_fusion, self.discard_ratio), inputs)
+        return self._relevance(rollout(scores, self.head_fusion, self.discard_ratio), inputs,
+                               scores)
 
 
 class TransformerAttribution(_Attention, WhiteBoxExplainer):
@@ -357,4 +377,4 @@ class TransformerAttribution(_Attention, WhiteBoxExplainer):
         _, scores, gradients = self._tapped_gradients(self._tapped, inputs, targets,
                                                       wrt_inputs=False)
         gradients = [tf.zeros_like(s) if g is None else g for s, g in zip(scores, gradients)]
-        return self._relevance(gradient_rollout(scores, gradients), inputs)
+        return self._relevance(gradient_rollout(scores, gradients), inputs, scores)

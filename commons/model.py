@@ -856,7 +856,7 @@ class Tokens:
         return tf.equal(tf.cast(inputs[self.padding_key], tf.int64), 0)
 
 
-def _input_keys(graph: Graph) -> list:
+def input_keys(graph: Graph) -> list:
     """Each graph input's key in the structure the model takes: a name or an index."""
     if graph.named_inputs is not None:
         names = {id(t): name for name, t in graph.named_inputs.items()}
@@ -894,7 +894,7 @@ def tokens(model: Any, input_layer: str | int | None, argument: str = "input_lay
             f"{tuple(getattr(node.output, 'shape', ()))}")
     ids_key = padding_key = None
     if len(graph.inputs) > 1:
-        keys = _input_keys(graph)
+        keys = input_keys(graph)
         fed_by = _inputs_feeding(graph, node)
         if len(fed_by) > 1:  # token + segment embeddings: the ids are the first embedded
             firsts = {id(t): i for i, t in enumerate(graph.inputs)}
