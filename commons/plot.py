@@ -446,7 +446,9 @@ def plot_text(tokens: Sequence[str], maps: Any, titles: Any = None,
         panels.append((placed, lines + 1))
     inch = fontsize / 72 * 1.9  # one line of text
     heights = [lines * inch + (0.3 if titles else 0.1) for _, lines in panels]
-    figure = Figure(figsize=(width * fontsize / 72 * 0.62 + 0.4, sum(heights)))
+    # constrained layout: each title above its panel's tokens, not on the previous panel's
+    figure = Figure(figsize=(width * fontsize / 72 * 0.62 + 0.4, sum(heights) + 0.2),
+                    constrained_layout=True)
     axes = figure.subplots(len(panels), 1, squeeze=False,
                            gridspec_kw={"height_ratios": heights})[:, 0]
     for index, (ax, (placed, lines)) in enumerate(zip(axes, panels)):
