@@ -133,9 +133,10 @@ def main():
           f"nb_samples={SAMPLES} (stability {STABILITY_SAMPLES}, radius {RADIUS}), "
           f"ROAD {PERCENTAGES}; {args.repeats} interleaved rounds")
     header = (f"{'model':<12} {'metric':<24} {'passes':>6} {'time s':>7} {'ratio':>5} "
-              f"{'(range)':<11}")
+              f"{'(range)':<11} {'best':>4}")
     if args.peer:
-        header += f" {'xplique s':>9} {'speed-up':>8} {'|diff|':>8} {'own spread':>10}"
+        header += (f" {'xplique s':>9} {'speed-up':>8} {'rel. diff':>9} {'own spread':>10} "
+                   f"{'xplique spread':>14}")
     print(header)
     for name in args.models:
         model, shape, conv_layer = MODELS[name]()
@@ -162,7 +163,8 @@ def main():
             row = (f"{name:<12} {metric:<24} {passes:>6} "
                    f"{statistics.median(times[metric]):>7.3f} "
                    f"{statistics.median(ratios):>5.2f} "
-                   f"{f'({min(ratios):.2f}-{max(ratios):.2f})':<11}")
+                   f"{f'({min(ratios):.2f}-{max(ratios):.2f})':<11} "
+                   f"{min(times[metric]) / (passes * min(times[f'ref {ref}'])):>4.2f}")
             if ref == "fwd+bwd":
                 explained = [t / (passes * r) for t, r in
                              zip(times[metric], times["ref explainer"])]
@@ -173,25 +175,35 @@ def main():
                                      statistics.median(times["peer " + metric]))
             print(row, flush=True)
         for metric, peer in agreements.items():  # definitions, timed elsewhere
-            print(f"{name:<12} {metric:<24} {'':>6} {'':>7} {'':>5} {'':<11} "
-                  + compare(metric, None, peer, seeded[metric], None, None), flush=True)
+            expected = RADIUS * np.sqrt(np.prod(shape[1:]) / 3)  # E|u| ~ r sqrt(d / 3)
+            print(f"{name:<12} {metric:<24} {'':>6} {'':>7} {'':>5} {'':<11} {'':>4} "
+                  + compare(metric, None, peer, seeded[metric], None, None)
+                  + f" expected {expected:.4g}", flush=True)
 
 
 def compare(metric, call, peer, seeded, ours_s, theirs_s) -> str:
-    """xplique's time and speed-up, the difference of the scores and, for a random metric,
-    saliencekit's own spread (max - min over seeds 0, 1, 2)."""
+    """xplique's time and speed-up, the scores' difference relative to the larger and, for
+    a random metric, each library's spread over three runs (max - min; saliencekit: seeds
+    0, 1, 2; xplique: its global generator's next draws), relative too."""
+    theirs_all = [float(peer()) for _ in range(3 if seeded is not None else 1)]
+    theirs = theirs_all[0]
     if seeded is not None:
         own = [float(seeded(seed)) for seed in (0, 1, 2)]
-        ours, spread = own[0], f"{max(own) - min(own):>10.2g}"
+        ours = own[0]
     else:
         out = call()
         ours = float(np.mean(curve_area(out))) if metric in ("deletion", "insertion") \
             else float(np.mean(out))
-        spread = f"{'-':>10}"
-    theirs = float(peer())
+        own = [ours]
+    scale = max(abs(ours), abs(theirs), 1e-30)
+
+    def spread(values):
+        return f"{(max(values) - min(values)) / scale:.2g}" if len(values) > 1 else "-"
+
     timing = (f"{theirs_s:>9.3f} {theirs_s / ours_s:>7.1f}x" if ours_s else
               f"{'':>9} {'':>8}")
-    return f"{timing} {abs(ours - theirs):>8.2g} {spread}  ({ours:.4g} vs {theirs:.4g})"
+    return (f"{timing} {abs(ours - theirs) / scale:>9.2g} {spread(own):>10} "
+            f"{spread(theirs_all):>14}  ({ours:.4g} vs {theirs:.4g})")
 
 
 if __name__ == "__main__":
