@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..commons import sampling, validation
-from .sampled import SampledExplainer, batch_size_for, check_images, store_scores
+from .sampled import SampledExplainer, check_images, store_scores
 
 PERTURBATIONS = ("inpainting", "blurring", "amplitude")
 SOBOL_ESTIMATORS = ("jansen", "homma", "janon", "glen", "saltelli")
@@ -182,9 +182,8 @@ class SobolAttributionMethod(_GridSensitivity):
                 "estimator", f"one of {SOBOL_ESTIMATORS} or a callable "
                 "estimator(masks, outputs, nb_design)", type(estimator).__name__)
         self.estimator = estimator
-        per_input = self.nb_design * (self.grid_size**2 + 2)
-        super().__init__(model, batch_size=batch_size_for(batch_size, per_input),
-                         operator=operator, jit_compile=jit_compile, strategy=strategy)
+        super().__init__(model, batch_size=batch_size, operator=operator,
+                         jit_compile=jit_compile, strategy=strategy)
 
     @property
     def _with_b(self) -> bool:
@@ -375,7 +374,7 @@ class HsicAttributionMethod(_GridSensitivity):
             validation.positive_int("estimator_batch_size", estimator_batch_size)
         if self.estimator_batch_size is not None and hasattr(estimator, "set_batch_size"):
             estimator.set_batch_size(self.estimator_batch_size)
-        super().__init__(model, batch_size=batch_size_for(batch_size, self.nb_design),
+        super().__init__(model, batch_size=batch_size,
                          operator=operator, jit_compile=jit_compile, strategy=strategy)
 
     def _evaluations(self, inputs):

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..commons import data, linear, sampling, validation
-from .sampled import SampledExplainer, batch_size_for
+from .sampled import SampledExplainer
 
 
 class Lime(SampledExplainer):
@@ -121,7 +121,7 @@ class Lime(SampledExplainer):
         self.prob = _probability("prob", prob)
         self.grid_size = validation.int_tuple("grid_size", grid_size, 2)
         self._set_seed(seed)
-        super().__init__(model, batch_size=batch_size_for(batch_size, self.nb_samples),
+        super().__init__(model, batch_size=batch_size,
                          operator=operator, jit_compile=jit_compile, strategy=strategy)
 
     #: whether samples are weighted by their similarity to the input (Kernel SHAP's are not)
@@ -264,10 +264,7 @@ class Lime(SampledExplainer):
     # -- fitting -----------------------------------------------------------------------------
     def _initial(self, inputs, context):
         if self._in_kernel:
-            size = context["features"] + 1
-            batch = tf.shape(inputs)[0]
-            return (tf.zeros(tf.stack([batch, size, size]), tf.float32),
-                    tf.zeros(tf.stack([batch, size]), tf.float64))
+            return self._initial_statistics(inputs, context)
         return tuple(tf.TensorArray(tf.float32, size=0, dynamic_size=True, infer_shape=False)
                      for _ in range(3))
 
@@ -276,10 +273,54 @@ class Lime(SampledExplainer):
         weights = self._similarities(context["inputs"], z, perturbed, context)
         weights = weights * tf.cast(valid, tf.float32)[:, None]
         if self._in_kernel:
-            gram, moment = linear.statistics(z, scores, weights, tf.float32)
-            return state[0] + gram, state[1] + moment
+            return self._accumulate(state, index, z, scores, weights)
         i = tf.cast(index, tf.int32)
         return state[0].write(i, z), state[1].write(i, scores), state[2].write(i, weights)
+
+    # -- the regression's statistics, accumulated in blocks of chunks ---------------------------
+    #: Chunks of samples buffered before one update of the ``(B, M+1, M+1)`` Gram matrices:
+    #: adding a chunk's outer products to them reads and writes every entry, which costs more
+    #: than a small model's forward pass when a chunk is one copy of each input; one matmul
+    #: per block of chunks amortises that traffic.
+    GRAM_BLOCK = 8
+
+    def _initial_statistics(self, inputs, context):
+        """``(G, h, z buffer, w buffer)``: the Gram matrices ``(B, M+1, M+1)`` (float32) and
+        moments ``(B, M+1)`` (float64) of the weighted regression, and the samples and
+        weights of up to :attr:`GRAM_BLOCK` chunks not yet in ``G``, ``(block, copies, B, M)``
+        and ``(block, copies, B)``: ``GRAM_BLOCK`` times a pass's ``copies x B`` (at most
+        ``batch_size``, or one copy of each input) rows of ``M`` numbers."""
+        size = context["features"] + 1
+        batch = tf.shape(inputs)[0]
+        copies = self._copies(inputs)
+        chunks = -(-tf.cast(self._evaluations(inputs), tf.int64) // copies)
+        block = tf.minimum(tf.constant(self.GRAM_BLOCK, tf.int64), chunks)
+        buffered = tf.stack([tf.cast(block, tf.int32), tf.cast(copies, tf.int32), batch])
+        return (tf.zeros(tf.stack([batch, size, size]), tf.float32),
+                tf.zeros(tf.stack([batch, size]), tf.float64),
+                tf.zeros(tf.concat([buffered, [size - 1]], 0), tf.float32),
+                tf.zeros(buffered, tf.float32))
+
+    def _accumulate(self, state, index, z, scores, weights):
+        """Add a chunk's samples ``z`` ``(copies, B, M)``, ``scores`` and ``weights``: the
+        moments at once, the Gram matrices once a block of chunks is buffered."""
+        gram, moment, zs, ws = state
+        moment += linear.moment(z, scores, weights)
+        block = tf.shape(zs, out_type=tf.int64)[0]
+        slot = [[index % block]]
+        zs = tf.tensor_scatter_nd_update(zs, slot, z[None])
+        ws = tf.tensor_scatter_nd_update(ws, slot, weights[None])
+        full = tf.equal(index % block, block - 1)
+        gram, ws = tf.cond(full, lambda: (gram + _gram(zs, ws), tf.zeros_like(ws)),
+                           lambda: (gram, ws))
+        return gram, moment, zs, ws
+
+    @staticmethod
+    def _statistics(state):
+        """The final ``(G, h)``: the chunks still buffered added (the weights of those
+        already added are zeros)."""
+        gram, moment, zs, ws = state[:4]
+        return gram + _gram(zs, ws), moment
 
     def _check_weights(self, total_weight):
         """Every similarity underflowing to 0 leaves nothing to fit: fail loudly (the base
@@ -294,8 +335,9 @@ class Lime(SampledExplainer):
 
     def _finish(self, inputs, seeds, state, context):
         if self._in_kernel:
-            with tf.control_dependencies([self._check_weights(state[0][:, -1, -1])]):
-                coef, _ = self.interpretable_model.solve(*state)
+            gram, moment = self._statistics(state)
+            with tf.control_dependencies([self._check_weights(gram[:, -1, -1])]):
+                coef, _ = self.interpretable_model.solve(gram, moment)
         else:
             z, y, w = (array.concat() for array in state)  # (chunks * copies, B, ...)
             with tf.control_dependencies([self._check_weights(tf.reduce_sum(w, 0))]):
@@ -316,6 +358,27 @@ class Lime(SampledExplainer):
     def _spread(self, inputs, coef, context):
         maps = tf.gather(coef, context["ids"], axis=1, batch_dims=1)
         return tf.reshape(maps, tf.concat([tf.shape(inputs)[:1], self._space_shape(inputs)], 0))
+
+
+def _ranks(keys: tf.Tensor) -> tf.Tensor:
+    """Each key's rank along the last axis (``argsort(argsort(keys))``) with one sort: the
+    sort orders of every row, offset by the row's start, are one permutation of all the
+    positions, whose inverse (a scatter, no second sort) gives the ranks."""
+    order = tf.argsort(keys, -1)
+    size = tf.shape(keys)[-1]
+    starts = tf.reshape(tf.range(tf.size(keys) // size) * size, tf.shape(keys[..., :1]))
+    inverse = tf.math.invert_permutation(tf.reshape(order + starts, [-1]))
+    return tf.reshape(inverse, tf.shape(keys)) - starts
+
+
+def _gram(zs: tf.Tensor, ws: tf.Tensor) -> tf.Tensor:
+    """``sum w z~ z~^T`` ``(B, M+1, M+1)`` of buffered samples ``zs`` ``(..., B, M)`` and
+    weights ``ws`` ``(..., B)`` (``z~ = [z, 1]``): one batched matmul."""
+    batch, features = tf.shape(zs)[-2], tf.shape(zs)[-1]
+    z = tf.transpose(tf.reshape(zs, tf.stack([-1, batch, features])), [1, 0, 2])  # (B, n, M)
+    w = tf.transpose(tf.reshape(ws, tf.stack([-1, batch])))  # (B, n)
+    augmented = tf.concat([z, tf.ones_like(z[..., :1])], -1)
+    return tf.matmul(augmented * w[..., None], augmented, transpose_a=True)
 
 
 def _check_mapping(mapping):
@@ -409,24 +472,34 @@ class KernelShap(Lime):
 
     _weighted_by_similarity = False
 
+    def _setup(self, inputs, targets, seeds):
+        context = super()._setup(inputs, targets, seeds)
+        return {**context, **self._coalition_sizes(context["present"])}
+
+    @staticmethod
+    def _coalition_sizes(present: tf.Tensor) -> dict:
+        """The distribution of coalition sizes ``k`` in ``1..M-1``, ``p(k)`` proportional to
+        ``(M - 1) / (k (M - k))``, for each input's ``M`` present features ``(B, M)``: its
+        CDF ``(B, K)`` and the largest size ``(B,)``, once per batch."""
+        features = tf.reduce_sum(present, -1, keepdims=True)  # (B, 1): each input's M
+        k = tf.cast(tf.range(1, tf.maximum(tf.shape(present)[-1], 2)), tf.float32)  # (K,)
+        weight = tf.where(k < features, 1.0 / (k * tf.maximum(features - k, 1.0)), 0.0)
+        return {"size_cdf": tf.math.divide_no_nan(tf.cumsum(weight, -1),
+                                                  tf.reduce_sum(weight, -1, keepdims=True)),
+                "largest": tf.maximum(features[:, 0] - 1.0, 0.0)}
+
     def _interpretable(self, seeds, sample, context):
         present = context["present"][None]  # (1, B, M)
-        features = tf.reduce_sum(present, -1, keepdims=True)  # (1, B, 1): each input's M
         pair = tf.maximum(sample - 2, 0) // 2
         size = tf.shape(present)[-1]
         seed, rows = seeds[0, 1], seeds[:, 0]
-        # the coalition size k in 1..M-1, with p(k) proportional to (M - 1) / (k (M - k))
-        k = tf.cast(tf.range(1, tf.maximum(size, 2)), tf.float32)  # (K,)
-        weight = tf.where(k < features, 1.0 / (k * tf.maximum(features - k, 1.0)), 0.0)
-        cdf = tf.math.divide_no_nan(tf.cumsum(weight, -1), tf.reduce_sum(weight, -1,
-                                                                           keepdims=True))
         u = sampling.uniform(seed, rows, pair, [1], stream=3)  # (copies, B, 1)
-        chosen = tf.reduce_sum(tf.cast(cdf < u, tf.float32), -1) + 1.0
-        chosen = tf.minimum(chosen, tf.maximum(features[..., 0] - 1.0, 0.0))  # (copies, B)
+        chosen = tf.reduce_sum(tf.cast(context["size_cdf"][None] < u, tf.float32), -1) + 1.0
+        chosen = tf.minimum(chosen, context["largest"][None])  # (copies, B)
         # which k: the k smallest of uniform keys among the present features
         keys = sampling.uniform(seed, rows, pair, [size], stream=4)
         keys = tf.where(present > 0, keys, 2.0)
-        ranks = tf.argsort(tf.argsort(keys, -1), -1)
+        ranks = _ranks(keys)
         z = tf.cast(tf.cast(ranks, tf.float32) < chosen[..., None], tf.float32)
         odd = tf.reshape(tf.cast((sample - 2) % 2 == 1, tf.float32), [-1, 1, 1])
         z = z + odd * (present - 2.0 * z)  # the complement of the previous coalition
@@ -435,23 +508,22 @@ class KernelShap(Lime):
         return (1.0 - full - empty) * z + full * present
 
     def _initial(self, inputs, context):
-        size = context["features"] + 1
         batch = tf.shape(inputs)[0]
-        return (tf.zeros(tf.stack([batch, size, size]), tf.float32),  # counts: exact
-                tf.zeros(tf.stack([batch, size]), tf.float64),
+        # Gram matrices of 0/1 samples with weights 0/1: counts, exact in float32
+        return (*self._initial_statistics(inputs, context),
                 tf.zeros(tf.stack([batch]), tf.float32), tf.zeros(tf.stack([batch]), tf.float32))
 
     def _update(self, state, index, sample, valid, aux, scores, context):
         z, _ = aux
-        gram, moment, full, empty = state
+        full, empty = state[4:]
         drawn = tf.cast(valid & (sample >= 2), tf.float32)[:, None] * tf.ones_like(scores)
-        g, h = linear.statistics(z, scores, drawn, tf.float32)
         full += tf.reduce_sum(scores * tf.cast((sample == 0) & valid, tf.float32)[:, None], 0)
         empty += tf.reduce_sum(scores * tf.cast((sample == 1) & valid, tf.float32)[:, None], 0)
-        return gram + g, moment + h, full, empty
+        return (*self._accumulate(state[:4], index, z, scores, drawn), full, empty)
 
     def _finish(self, inputs, seeds, state, context):
-        gram, moment, full, empty = state
+        gram, moment = self._statistics(state)
+        full, empty = state[4:]
         # the intercept is the empty coalition's score: regress y - f(x0) on z alone
         moment = moment[:, :-1] - tf.cast(empty, tf.float64)[:, None] * tf.cast(
             gram[:, :-1, -1], tf.float64)

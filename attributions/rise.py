@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from ..commons import sampling, validation
-from .sampled import SampledExplainer, batch_size_for
+from .sampled import SampledExplainer
 
 
 class Rise(SampledExplainer):
@@ -82,7 +82,7 @@ class Rise(SampledExplainer):
         self.preservation_probability = probability
         self.mask_value = _number("mask_value", mask_value)
         self._set_seed(seed)
-        super().__init__(model, batch_size=batch_size_for(batch_size, self.nb_samples),
+        super().__init__(model, batch_size=batch_size,
                          operator=operator, jit_compile=jit_compile, strategy=strategy)
 
     def _evaluations(self, inputs):

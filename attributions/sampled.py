@@ -21,11 +21,6 @@ from ..commons import batch_ops, validation
 from .base import BlackBoxExplainer
 
 
-def batch_size_for(batch_size: Any, per_input: int) -> int:
-    """xplique's ``batch_size=None``: every perturbed copy of one input in one pass."""
-    return per_input if batch_size is None else batch_size
-
-
 class SampledExplainer(BlackBoxExplainer):
     """Base of the perturbation methods: the chunked, seeded loop over samples.
 
@@ -71,10 +66,21 @@ class SampledExplainer(BlackBoxExplainer):
         raise NotImplementedError
 
     # -- the loop ------------------------------------------------------------------------------
+    def _copies(self, inputs) -> tf.Tensor:
+        """Perturbed copies of each input per forward pass (an int64 scalar, at least one):
+        as many as the runner's per-pass budget (``batch_size``) holds. ``batch_size=None``
+        (xplique's "all at once", kept as ``None``): every perturbed copy of one input per
+        pass, as xplique runs it (the batch is every input, so ``nb_samples / N`` copies of
+        each; memory stays at about ``nb_samples`` copies, not ``N * nb_samples``)."""
+        batch = tf.shape(inputs, out_type=tf.int64)[0]
+        total = self._evaluations(inputs)
+        per_pass = total if self.batch_size is None else self._per_pass
+        return tf.clip_by_value(per_pass // batch, 1, total)
+
     def _batch(self, inputs, targets, seeds):
         total = self._evaluations(inputs)
         batch = tf.shape(inputs, out_type=tf.int64)[0]
-        copies = tf.clip_by_value(self.batch_size // batch, 1, total)  # copies per pass
+        copies = self._copies(inputs)
         chunks = (total + copies - 1) // copies
         tiled = batch_ops.tile(targets, copies)  # (copies * B, ...), sample-major
         context = self._setup(inputs, targets, seeds)

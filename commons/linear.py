@@ -17,11 +17,21 @@ from . import validation
 
 
 def _jitter(gram: tf.Tensor) -> tf.Tensor:
-    """A tiny ridge that keeps a singular system solvable (features never varied, or
-    absent, get a coefficient of 0) without moving a well-posed solution measurably."""
-    size = tf.shape(gram)[-1]
-    scale = tf.linalg.trace(gram) / tf.cast(size, gram.dtype)
-    return (1e-10 * scale[..., None, None] + 1e-30) * tf.eye(size, dtype=gram.dtype)
+    """The diagonal ``(..., size)`` of a tiny ridge that keeps a singular system solvable
+    (features never varied, or absent, get a coefficient of 0) without moving a well-posed
+    solution measurably."""
+    diagonal = tf.linalg.diag_part(gram)
+    scale = tf.reduce_mean(diagonal, -1, keepdims=True)
+    return (1e-10 * scale + 1e-30) * tf.ones_like(diagonal)
+
+
+def _add_diagonal(matrices: tf.Tensor, *diagonals: tf.Tensor) -> tf.Tensor:
+    """``matrices`` plus diagonal matrices, the off-diagonal entries untouched (one pass
+    over the ``(..., M, M)`` matrices, not one per term)."""
+    diagonal = tf.linalg.diag_part(matrices)
+    for term in diagonals:
+        diagonal = diagonal + term
+    return tf.linalg.set_diag(matrices, diagonal)
 
 
 def ridge_solve(gram: tf.Tensor, moment: tf.Tensor, alpha: float, fit_intercept: bool = True
@@ -40,7 +50,7 @@ def ridge_solve(gram: tf.Tensor, moment: tf.Tensor, alpha: float, fit_intercept:
         keep = tf.concat([tf.ones([features], tf.float64), tf.zeros([1], tf.float64)], 0)
         gram = gram * keep[:, None] * keep[None, :] + tf.linalg.diag(1.0 - keep)
         moment = moment * keep
-    system = gram + tf.linalg.diag(penalty) + _jitter(gram)
+    system = _add_diagonal(gram, penalty, _jitter(gram))
     beta = tf.linalg.solve(system, moment[..., None])[..., 0]
     return tf.cast(beta[..., :-1], tf.float32), tf.cast(beta[..., -1], tf.float32)
 
@@ -53,7 +63,7 @@ def constrained_solve(gram: tf.Tensor, moment: tf.Tensor, total: tf.Tensor,
     that exist, 0 for padding: their coefficient is 0)."""
     gram = tf.cast(gram, tf.float64)
     a = tf.cast(present, tf.float64)
-    gram = gram + _jitter(gram) + tf.linalg.diag(1.0 - a)
+    gram = _add_diagonal(gram, _jitter(gram), 1.0 - a)
     top = tf.concat([gram, a[..., :, None]], -1)
     bottom = tf.concat([a[..., None, :], tf.zeros_like(a[..., :1])[..., None]], -1)
     system = tf.concat([top, bottom], -2)
@@ -75,6 +85,13 @@ def statistics(z: tf.Tensor, y: tf.Tensor, w: tf.Tensor, gram_dtype: tf.DType = 
     moment = tf.einsum("n...i,n...->...i", tf.cast(weighted, tf.float64),
                        tf.cast(y, tf.float64))
     return gram, moment
+
+
+def moment(z: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
+    """The augmented ``h = sum w z~ y`` (float64) of :func:`statistics` alone."""
+    y = tf.cast(y, tf.float64) * tf.cast(w, tf.float64)
+    return tf.concat([tf.einsum("n...i,n...->...i", tf.cast(z, tf.float64), y),
+                      tf.reduce_sum(y, 0)[..., None]], -1)
 
 
 class Ridge:

@@ -84,8 +84,9 @@ def test_kernel_shap_draws_coalition_sizes_from_the_shapley_kernel():
     m, n = 6, 20000
     explainer = KernelShap(function_model((m,), lambda v: v[:, :1]), operator="regression")
     seeds = tf.constant([[0, 5]], tf.int64)
-    z = explainer._interpretable(seeds, tf.range(n, dtype=tf.int64),
-                                 {"present": tf.ones((1, m))}).numpy()[:, 0]
+    present = tf.ones((1, m))
+    z = explainer._interpretable(seeds, tf.range(n, dtype=tf.int64), {
+        "present": present, **explainer._coalition_sizes(present)}).numpy()[:, 0]
     np.testing.assert_array_equal(z[0], np.ones(m))
     np.testing.assert_array_equal(z[1], np.zeros(m))
     np.testing.assert_array_equal(z[3::2], 1 - z[2::2][:len(z[3::2])])
@@ -346,11 +347,17 @@ def test_xplique_positional_order():
     shap = KernelShap(model, 32, None, None, 50, 0.5)
     assert (shap.batch_size, shap.nb_samples, shap.ref_value) == (32, 50, 0.5)
     lime = Lime(model, None, None, linear.Ridge(1.0), None, None, None, 0.0, 40, "cosine", 3.0,
-                0.7)
+                0.7, seed=0)
+    # batch_size=None (xplique's "all at once") stays None: the samples of one input per pass
     assert (lime.batch_size, lime.nb_samples, lime.distance_mode, lime.kernel_width,
-            lime.prob) == (40, 40, "cosine", 3.0, 0.7)  # batch_size=None: all samples at once
+            lime.prob) == (None, 40, "cosine", 3.0, 0.7)
+    assert "batch_size=None" in repr(lime)
     for explainer in (sobol, hsic, lime):
         assert np.isfinite(explainer(IMAGES[:2], LABELS[:2]).numpy()).all()
+    chunked = Lime(model, 3, None, linear.Ridge(1.0), None, None, None, 0.0, 40, "cosine", 3.0,
+                   0.7, seed=0)
+    np.testing.assert_allclose(lime(IMAGES[:2], LABELS[:2]).numpy(),
+                               chunked(IMAGES[:2], LABELS[:2]).numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_mistakes_are_named():
