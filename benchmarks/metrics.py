@@ -16,7 +16,9 @@ its passes times the reference's time in the same round), and the median and the
 ``--repeats`` rounds are printed: on a shared machine the range is the honest figure.
 ``--peer xplique`` (run with the peer venv, see PEERS.md) times xplique 2.0's metrics on
 the same model, inputs and maps, and prints the difference of the scores, with, for the
-random metrics, the spread of saliencekit's own score over three seeds beside it.
+random metrics, each library's spread over three runs beside it. The maps are Saliency's
+(scores that move with them); an untrained model's BatchNormalization statistics are set
+from the batch first, so that its scores are not all ~0.
 """
 
 from __future__ import annotations
@@ -58,10 +60,28 @@ def input_as_map(x, t):
     return np.asarray(x, np.float32)
 
 
+def calibrated(model, x):
+    """``model`` with its BatchNormalization statistics set to those of ``x`` (one call
+    in training mode with momentum 0): an untrained MobileNetV2's logits are ~1e-13
+    otherwise, which makes every score 0 and a comparison of scores empty. The graph,
+    hence the timing, is unchanged."""
+    import keras
+
+    def walk(layer):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+        for child in getattr(layer, "layers", []):
+            walk(child)
+
+    walk(model)
+    model(x, training=True)
+    return model
+
+
 def cases(model, x, y, n):
     """name -> (metric call, limit in passes, reference); the maps; the seeded metrics."""
-    shape = x.shape
-    maps = np.abs(np.random.default_rng(1).normal(size=shape[:-1])).astype("float32")
+    # Saliency's maps: scores that move with the map, so that the peer's agree or not
+    maps = Saliency(model, batch_size=n)(x, y).numpy()[..., 0]
     out = {
         "deletion": (Deletion(model, x, y, n, steps=STEPS), STEPS + 1, "fwd"),
         "insertion": (Insertion(model, x, y, n, steps=STEPS), STEPS + 1, "fwd"),
@@ -144,6 +164,7 @@ def main():
         rng = np.random.default_rng(0)
         x = rng.random(shape).astype("float32")
         y = rng.integers(0, 10, n)
+        model = calibrated(model, x)
         refs = limits(model, x, y, conv_layer)
         calls, maps, saliency, seeded = cases(model, x, y, n)
         peers, agreements = peer_cases(model, x, y, n, maps) if args.peer else ({}, {})
