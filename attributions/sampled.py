@@ -71,7 +71,7 @@ class SampledExplainer(BlackBoxExplainer):
         as many as the runner's per-pass budget (``batch_size``) holds. ``batch_size=None``
         (xplique's "all at once", kept as ``None``): every perturbed copy of one input per
         pass, as xplique runs it (the batch is every input, so ``nb_samples / N`` copies of
-        each; memory stays at about ``nb_samples`` copies, not ``N * nb_samples``)."""
+        each: a pass holds about ``max(N, nb_samples)`` inputs, not ``N * nb_samples``)."""
         batch = tf.shape(inputs, out_type=tf.int64)[0]
         total = self._evaluations(inputs)
         per_pass = total if self.batch_size is None else self._per_pass
