@@ -277,6 +277,20 @@ def _model():
     return _MODEL[0]
 
 
+def test_the_kernel_is_called_flat_and_answers_as_the_structured_call():
+    """Eager calls skip the concrete function's argument binding (commons/runner.py); a
+    TensorFlow whose internals no longer allow it falls back, which this test reports."""
+    from saliencekit.commons import runner
+
+    explainer = FACTORIES["Rise"](_model(), batch_size=9)
+    maps = explainer(IMAGES, LABELS, verbose=0).numpy()
+    (concrete, flat_call), = explainer._kernel._concrete.values()
+    assert flat_call is not None
+    x, t, offset, _ = next(iter(explainer._batches(IMAGES, LABELS)))
+    structured = concrete(x, t, offset, runner._int64(explainer.seed)).numpy()
+    np.testing.assert_array_equal(maps, structured)
+
+
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_seeds_differ_and_no_seed_draws_fresh_samples(name):
     model = _model()
