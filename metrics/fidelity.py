@@ -299,7 +299,11 @@ class MuFidelity(_Perturbation):
 
     def _step(self, inputs, targets, offset, seed, maps, valid):
         batch = tf.shape(self._first(inputs))[0]
-        grids = [self._grid(shape) for shape in self._data.sample_shapes]
+        grids = []
+        for shape in self._data.sample_shapes:  # the cell of each feature, flat
+            grid, cells = self._grid(shape)
+            cell = np.ravel_multi_index(np.meshgrid(*cells, indexing="ij"), grid)
+            grids.append((grid, tf.constant(cell.reshape(-1))))
         threshold = float(tf.math.ndtri(self.subset_percent))  # P(z < t) = subset_percent
         baseline = self._baseline(inputs)
 
@@ -307,12 +311,10 @@ class MuFidelity(_Perturbation):
             x = rows["x"]
             clean = tf.cast(variant > 0, tf.float32)[:, None]  # variant 0: the clean input
             removed = []
-            for leaf, (grid, cells) in enumerate(grids):  # each input its own subsets
+            for leaf, (grid, cell) in enumerate(grids):  # each input its own subsets
                 z = self._noise(grid, seed, offset, valid, variant, row, stream=leaf)
-                cut = tf.cast(z < threshold, tf.float32)
-                for axis, index in enumerate(cells):
-                    cut = tf.gather(cut, index, axis=axis + 1)
-                removed.append(tf.reshape(cut, (tf.shape(cut)[0], -1)))
+                cut = tf.reshape(tf.cast(z < threshold, tf.float32), (tf.shape(z)[0], -1))
+                removed.append(tf.gather(cut, cell, axis=1))  # (P, features)
             removed = (removed[0] if len(removed) == 1 else tf.concat(removed, 1)) * clean
             attribution = tf.reduce_sum(rows["phi"] * removed, axis=1)
             perturbed = self._mix(x, self._per_feature(1.0 - removed, x), rows["base"])
