@@ -306,24 +306,35 @@ class MuFidelity(_Perturbation):
             grids.append((grid, tf.constant(cell.reshape(-1))))
         threshold = float(tf.math.ndtri(self.subset_percent))  # P(z < t) = subset_percent
         baseline = self._baseline(inputs)
+        # the map summed per cell, once per batch: a subset's attribution is then a sum
+        # over its cells, not over every feature
+        phi = tf.reshape(maps, (batch, -1))
+        parts = tf.split(phi, [int(c.shape[0]) for _, c in grids], axis=1) if len(
+            grids) > 1 else [phi]
+        per_cell = tf.concat([
+            tf.transpose(tf.math.unsorted_segment_sum(tf.transpose(part), cell,
+                                                      int(np.prod(grid))))
+            for part, (grid, cell) in zip(parts, grids)], axis=1)  # (B, cells)
 
         def compute(rows, variant, row, start):
             x = rows["x"]
             clean = tf.cast(variant > 0, tf.float32)[:, None]  # variant 0: the clean input
-            removed = []
+            cuts, kept = [], []
             for leaf, (grid, cell) in enumerate(grids):  # each input its own subsets
                 z = self._noise(grid, seed, offset, valid, variant, row, stream=leaf)
-                cut = tf.reshape(tf.cast(z < threshold, tf.float32), (tf.shape(z)[0], -1))
-                removed.append(tf.gather(cut, cell, axis=1))  # (P, features)
-            removed = (removed[0] if len(removed) == 1 else tf.concat(removed, 1)) * clean
-            attribution = tf.reduce_sum(rows["phi"] * removed, axis=1)
-            perturbed = self._mix(x, self._per_feature(1.0 - removed, x), rows["base"])
+                cut = tf.reshape(tf.cast(z < threshold, tf.float32),
+                                 (tf.shape(z)[0], -1)) * clean  # (P, cells)
+                cuts.append(cut)
+                kept.append(tf.gather(1.0 - cut, cell, axis=1))  # (P, features)
+            cut = cuts[0] if len(cuts) == 1 else tf.concat(cuts, 1)
+            kept = kept[0] if len(kept) == 1 else tf.concat(kept, 1)
+            attribution = tf.reduce_sum(rows["phi"] * cut, axis=1)
+            perturbed = self._mix(x, self._per_feature(kept, x), rows["base"])
             return self._score(perturbed, rows.get("t")), attribution
 
-        phi = tf.reshape(maps, (batch, -1))
         scores, attributions = self._over_variants(
             self.nb_samples + 1, valid,
-            self._rows(inputs, targets, phi=phi, base=baseline), compute, outputs=2)
+            self._rows(inputs, targets, phi=per_cell, base=baseline), compute, outputs=2)
         drops = scores[:, :1] - scores[:, 1:]
         return spearman(drops, attributions[:, 1:])
 
