@@ -24,6 +24,19 @@ def gaussian(shape, seed: tf.Tensor, first_row: tf.Tensor, rows, sample: tf.Tens
     first_row + rows - 1`` and sample ``sample`` of seed ``seed`` (int64 scalars).
     ``stream`` (the high word of Philox's counter) gives each input of a multi-input model
     numbers of its own; stream 0 is a single input's."""
+    return _draw(tf.raw_ops.StatelessRandomNormalV2, shape, seed, first_row, rows, sample,
+                 stream)
+
+
+def uniform(shape, seed: tf.Tensor, first_row: tf.Tensor, rows, sample: tf.Tensor,
+            stream: int = 0):
+    """As :func:`gaussian`, uniform in ``[-1, 1)``: the same keying (4 numbers per counter
+    step either way, so rows stay aligned), a quarter of the cost of normal draws."""
+    return _draw(tf.raw_ops.StatelessRandomUniformV2, shape, seed, first_row, rows, sample,
+                 stream) * 2.0 - 1.0
+
+
+def _draw(kernel, shape, seed, first_row, rows, sample, stream):
     size = math.prod(shape)
     blocks = (size + 3) // 4  # Philox gives 4 numbers per counter step: rows stay aligned
     key = tf.bitwise.bitwise_or(
@@ -31,14 +44,14 @@ def gaussian(shape, seed: tf.Tensor, first_row: tf.Tensor, rows, sample: tf.Tens
         tf.bitwise.bitwise_and(tf.cast(sample, tf.int64), 0xFFFFFFFF),
     )
     counter = tf.stack([tf.cast(first_row, tf.int64) * blocks, tf.constant(stream, tf.int64)])
-    noise = tf.raw_ops.StatelessRandomNormalV2(
+    draws = kernel(
         shape=tf.stack([tf.cast(rows, tf.int32), 4 * blocks]),
         key=tf.bitcast(key, tf.uint64)[None],
         counter=tf.bitcast(counter, tf.uint64),
         alg=_PHILOX,
         dtype=tf.float32,
     )
-    return tf.reshape(noise[:, :size], (-1, *shape))
+    return tf.reshape(draws[:, :size], (-1, *shape))
 
 
 def noisy(inputs: tf.Tensor, noise: float, seeds: tf.Tensor, sample: tf.Tensor,
