@@ -19,10 +19,17 @@ import warnings
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from ..commons import batch_ops, data, postprocess, runner, sink, validation
 from ..commons import model as inspect_model
+
+
+def _nonfinite_rows(maps: tf.Tensor) -> tf.Tensor:
+    """``(N,)``: which maps hold a NaN or an Inf."""
+    flat = tf.reshape(maps, (tf.shape(maps)[0], -1))
+    return tf.reduce_any(tf.logical_not(tf.math.is_finite(flat)), axis=1)
 
 
 class BlackBoxExplainer(runner.Runner):
@@ -61,6 +68,9 @@ class BlackBoxExplainer(runner.Runner):
     #: The input whose frame a method's single map is in, for a multi-input model whose
     #: maps are not one per input (the CAM family's).
     _map_input = 0
+    #: The argument giving the value a perturbation method puts in the inputs, named when
+    #: its maps hold NaN or Inf (None: the method does not perturb its inputs).
+    _perturbed_by: str | None = None
 
     def __init__(
         self,
@@ -101,7 +111,24 @@ class BlackBoxExplainer(runner.Runner):
             always, 0 never, "auto" when the run has more than one batch (a Dataset's bar
             appears once its second batch is explained).
         """
-        return self._run(self._kernel, inputs, targets, verbose=verbose, maps=True)
+        maps = self._run(self._kernel, inputs, targets, verbose=verbose, maps=True)
+        parts = tf.nest.flatten(maps)
+        if not all(data.read_finite(part) for part in parts):
+            bad = tf.reduce_any(tf.stack([_nonfinite_rows(part) for part in parts]), axis=0)
+            self._warn_nonfinite(int(tf.reduce_sum(tf.cast(bad, tf.int32))), int(bad.shape[0]))
+        return maps
+
+    def _warn_nonfinite(self, rows: int, count: int | None) -> None:
+        """Maps are never silently NaN: say how many and why (they are returned as they are:
+        nothing computed is thrown away)."""
+        of = "" if count is None else f" of {count}"
+        cause = "the model's scores or their gradients were NaN or Inf on these inputs" \
+            if self._perturbed_by is None else (
+                "the model's scores were NaN or Inf on perturbed copies of the inputs (a value "
+                "it cannot take, such as every token replaced by the padding id of a masked "
+                f"mean): perturb with another {self._perturbed_by}")
+        warnings.warn(f"{type(self).__name__}: {rows}{of} maps hold NaN or Inf values: "
+                      f"{cause}.", RuntimeWarning, stacklevel=3)
 
     def __call__(self, inputs: Any, targets: Any = None, verbose: str | int = "auto") -> tf.Tensor:
         """Same as :meth:`explain`."""
@@ -188,13 +215,22 @@ class BlackBoxExplainer(runner.Runner):
             skip = writer.batches_done(batches.batch_size, batches.batch_count)
             if skip is not None:  # None: every shard is there, only the manifest is not
                 pending = None  # one batch in flight: fetch its maps once the next is sent
+                nonfinite = 0
+
+                def add(offset, maps):
+                    flat, layout = sink.rows(batches.given(maps))
+                    writer.add(offset, (flat, layout))
+                    return int((~np.isfinite(flat.reshape(len(flat), -1))).any(1).sum())
+
                 for offset, maps in self._stream(self._kernel, batches, writer.seed, verbose,
                                                  skip):
                     if pending is not None:
-                        writer.add(int(pending[0]), sink.rows(batches.given(pending[1])))
+                        nonfinite += add(int(pending[0]), pending[1])
                     pending = offset, maps
                 if pending is not None:
-                    writer.add(int(pending[0]), sink.rows(batches.given(pending[1])))
+                    nonfinite += add(int(pending[0]), pending[1])
+                if nonfinite:
+                    self._warn_nonfinite(nonfinite, None)
             writer.finish()
         return sink.MapStore(path) if chief else None
 

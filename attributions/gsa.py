@@ -22,6 +22,8 @@ class _GridSensitivity(SampledExplainer):
     value per cell (nearest-neighbour upsampled), applied by a perturbation function; the
     scores of every design are kept (4 bytes per forward pass) for the estimator."""
 
+    _perturbed_by = "perturbation_function"
+
     _name = ""
 
     def _init_grid(self, grid_size, nb_design, sampler, perturbation_function, seed):

@@ -81,6 +81,8 @@ class Lime(SampledExplainer):
     (2, 8, 8, 1)
     """
 
+    _perturbed_by = "ref_value"
+
     def __init__(
         self,
         model: keras.Model,

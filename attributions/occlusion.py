@@ -64,6 +64,8 @@ class Occlusion(BlackBoxExplainer):
     (2, 8, 8, 1)
     """
 
+    _perturbed_by = "occlusion_value"
+
     def __init__(
         self,
         model: keras.Model,

@@ -56,6 +56,8 @@ class Rise(SampledExplainer):
     (2, 8, 8, 1)
     """
 
+    _perturbed_by = "mask_value"
+
     EPSILON = 1e-4
 
     def __init__(

@@ -140,13 +140,18 @@ def all_finite(tensor: tf.Tensor) -> bool:
     finite values answers False, and the caller's exact check then finds nothing)."""
     if any(known() is tensor for known in _FINITE):
         return True
-    if tensor.shape.num_elements() <= HOST_CHECK_SIZE:
-        finite = bool(np.isfinite(tensor.numpy()).all())
-    else:
-        finite = bool(np.isfinite(tf.reduce_sum(tensor).numpy()))
+    finite = read_finite(tensor)
     if finite:
         _FINITE.append(weakref.ref(tensor))
     return finite
+
+
+def read_finite(tensor: tf.Tensor) -> bool:
+    """:func:`all_finite` without remembering the tensor (for results, not the user's
+    inputs, which they would push out of the memory of checked tensors)."""
+    if tensor.shape.num_elements() <= HOST_CHECK_SIZE:
+        return bool(np.isfinite(tensor.numpy()).all())
+    return bool(np.isfinite(tf.reduce_sum(tensor).numpy()))
 
 
 def _shape_text(shape) -> str:

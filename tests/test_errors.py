@@ -203,3 +203,15 @@ def test_errors_leave_the_model_usable(model):
     np.testing.assert_array_equal(model(X).numpy(), before)
     np.testing.assert_allclose(Saliency(model)(X, Y).numpy(),
                                Saliency(small_cnn())(X, Y).numpy(), rtol=1e-6)
+
+
+def test_nan_maps_are_returned_with_a_warning():
+    """d sqrt(x) / dx is Inf at 0: the rows whose input holds a 0 get non-finite maps, the
+    others are kept as they are, and the warning counts them."""
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.ops.sqrt(inputs)))
+    x = np.array([[1.0, 4.0, 0.0], [1.0, 2.0, 3.0]], "float32")
+    with pytest.warns(RuntimeWarning, match=r"Saliency: 1 of 2 maps hold NaN or Inf values: "
+                                            r"the model's scores or their gradients"):
+        maps = Saliency(model)(x, [0, 1]).numpy()
+    assert not np.isfinite(maps[0]).all() and np.isfinite(maps[1]).all()

@@ -1,5 +1,7 @@
 """Token inputs: gradient methods at the embedding output, per-token maps (issue 15)."""
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -195,6 +197,25 @@ def test_kernelshap_and_lime_take_tokens_as_features():
     assert maps.shape == IDS.shape
     kept = IDS != 0  # a pad replaced by the pad id changes nothing
     assert np.corrcoef(maps[kept], expected[kept])[0, 1] > 0.9
+
+
+def test_maps_made_nan_by_a_reference_the_model_cannot_take_are_said(tmp_path):
+    """A masked mean of no token is 0/0: KernelShap's empty coalition with the pad id as
+    reference makes every score of it NaN. The maps come back as computed, with a warning
+    naming the argument, from explain and from explain_to."""
+    from saliencekit.attributions import KernelShap
+
+    explainer = KernelShap(bag_of_embeddings(), nb_samples=16, ref_value=0.0, seed=0)
+    with pytest.warns(RuntimeWarning, match=r"KernelShap: 3 of 3 maps hold NaN or Inf values: "
+                      r"the model's scores were NaN .* another ref_value"):
+        maps = explainer(IDS, TARGETS).numpy()
+    assert np.isnan(maps).any(axis=1).all()
+    with pytest.warns(RuntimeWarning, match=r"KernelShap: 3 maps hold NaN .* ref_value"):
+        explainer.explain_to(tmp_path / "maps", IDS, TARGETS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a [MASK] id the model can take: no warning
+        assert np.isfinite(KernelShap(bag_of_embeddings(), nb_samples=16, ref_value=11.0,
+                                      seed=0)(IDS, TARGETS).numpy()).all()
 
 
 def text_transformer(seed=0, length=LENGTH, vocab=VOCAB, classes=CLASSES, dim=8,
