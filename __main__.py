@@ -556,6 +556,20 @@ def demo_settings(args) -> tuple[int, int, Path]:
     return train, epochs, cache_dir() / name
 
 
+def held_out_set(model, inputs, held_out, samples, unit, classes, methods):
+    """Print the model's held-out accuracy and what is explained; the first ``samples``
+    inputs, labels and ground-truth masks."""
+    import numpy as np
+
+    logits = model.predict(inputs, batch_size=250, verbose=0)
+    accuracy = float(np.mean(np.argmax(logits, -1) == held_out.labels))
+    print(f"Held-out accuracy: {accuracy:.1%} on {len(held_out.labels)} {unit} "
+          f"(chance: {1 / classes:.0%}).")
+    print(f"Explaining {min(samples, len(inputs))} held-out {unit} (their true class) with "
+          f"{methods} explainers:", flush=True)
+    return inputs[:samples], held_out.labels[:samples], held_out.masks[:samples]
+
+
 def cached_model(args, path: Path, train: Callable, what: str):
     """The demo's model from the cache, else trained (``train(verbose)``) and cached."""
     import keras
@@ -630,16 +644,8 @@ def run_image_demo(args, figure: Path, factories: dict) -> int:
                          f"{what} on {train} synthetic {DEMO_SIZE}x{DEMO_SIZE} images of 4 "
                          f"shapes on cluttered backgrounds ({epochs} epochs)")
     held_out = synthetic.shapes(max(args.samples, 500), size=DEMO_SIZE, seed=args.seed + 10_000)
-    logits = model.predict(held_out.images, batch_size=250, verbose=0)
-    accuracy = float(np.mean(np.argmax(logits, -1) == held_out.labels))
-    print(f"Held-out accuracy: {accuracy:.1%} on {len(held_out.labels)} images "
-          f"(chance: 25%).")
-
-    images = held_out.images[:args.samples]
-    labels = held_out.labels[:args.samples]
-    masks = held_out.masks[:args.samples]
-    print(f"Explaining {len(images)} held-out images (their true class) with "
-          f"{len(factories)} explainers:", flush=True)
+    images, labels, masks = held_out_set(model, held_out.images, held_out, args.samples,
+                                         "images", 4, len(factories))
     progress = Progress(0 if args.quiet else 1, len(factories), unit="method")
     scored = not args.no_metrics
     if scored:
@@ -733,16 +739,8 @@ def run_text_demo(args, figure: Path, factories: dict) -> int:
     held_out = synthetic.keywords(max(args.samples, 500), length=TEXT_LENGTH,
                                   classes=TEXT_CLASSES, seed=args.seed + 10_000,
                                   distractor_words=TEXT_WORDS)
-    logits = model.predict(held_out.ids, batch_size=250, verbose=0)
-    accuracy = float(np.mean(np.argmax(logits, -1) == held_out.labels))
-    print(f"Held-out accuracy: {accuracy:.1%} on {len(held_out.labels)} sequences "
-          f"(chance: {1 / TEXT_CLASSES:.0%}).")
-
-    ids = held_out.ids[:args.samples]
-    labels = held_out.labels[:args.samples]
-    masks = held_out.masks[:args.samples]
-    print(f"Explaining {len(ids)} held-out sequences (their true class) with "
-          f"{len(factories)} explainers:", flush=True)
+    ids, labels, masks = held_out_set(model, held_out.ids, held_out, args.samples,
+                                      "sequences", TEXT_CLASSES, len(factories))
     progress = Progress(0 if args.quiet else 1, len(factories), unit="method")
     results, rows = {}, []
     for name, factory in factories.items():
