@@ -63,8 +63,9 @@ class BlackBoxExplainer(runner.Runner):
     ``explain_to(path, inputs, targets)`` writes them to disk as they are computed.
     """
 
-    #: Methods whose maps are defined for a model with one input only.
-    _single_input = False
+    #: Methods whose maps are defined for a model with one input only: why (the error says
+    #: it); ``None`` for the others.
+    _single_input: str | None = None
     #: The input whose frame a method's single map is in, for a multi-input model whose
     #: maps are not one per input (the CAM family's).
     _map_input = 0
@@ -82,13 +83,12 @@ class BlackBoxExplainer(runner.Runner):
         strategy: tf.distribute.Strategy | None = None,
     ):
         self._setup_runner(model, batch_size, operator, jit_compile, strategy)
-        if self._single_input and self._input_structure is not None:
+        if self._single_input is not None and self._input_structure is not None:
             raise validation.type_error(
-                "model", f"a model with one input ({type(self).__name__} sums terms of "
-                "every layer into one map of the input)", f"a model with "
-                f"{len(self._input_structure)} inputs", "Gradient methods (Saliency, "
-                "IntegratedGradients, ...), Occlusion and the CAM family explain "
-                "multi-input models.")
+                "model", f"a model with one input ({type(self).__name__} "
+                f"{self._single_input})", f"a model with {len(self._input_structure)} inputs",
+                "Gradient methods (Saliency, IntegratedGradients, ...), Occlusion and the CAM "
+                "family explain multi-input models.")
         self._reducer: str | None = None
         self._kernel = self._compile(self._explain_step)
 

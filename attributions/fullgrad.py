@@ -80,7 +80,7 @@ class FullGrad(WhiteBoxExplainer):
     """
 
     _needs_graph = True
-    _single_input = True
+    _single_input = "sums terms of every layer into one map of the input"
 
     def __init__(
         self,

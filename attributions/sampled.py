@@ -41,6 +41,7 @@ class SampledExplainer(BlackBoxExplainer):
     """
 
     _stochastic = True
+    _single_input = "perturbs the cells or features of one input"
     seed: int | None
 
     def _set_seed(self, seed) -> None:

@@ -240,3 +240,17 @@ def test_tta_and_fullgrad_refuse_multi_input_models_by_name():
         TTA(Saliency(model))
     with pytest.raises(TypeError, match="model: expected a model with one input"):
         FullGrad(model)
+    with pytest.raises(TypeError, match=r"model: expected a model with one input \(FullGrad "
+                                        r"sums terms"):
+        FullGrad(model)
+
+
+@pytest.mark.parametrize("name", ["Rise", "Lime", "KernelShap", "Sobol", "Hsic"])
+def test_the_sampling_family_refuses_multi_input_models_by_name(name):
+    """Named at construction, not a TypeError from inside the traced kernel."""
+    from helpers import black_box_factories
+
+    with pytest.raises(TypeError, match=r"model: expected a model with one input \(\w+ "
+                                        r"perturbs the cells or features of one input\), got a "
+                                        r"model with 2 inputs"):
+        black_box_factories()[name](image_and_meta())
