@@ -273,6 +273,25 @@ def method_factories(conv_layer: str | None = None, fast: bool = False) -> dict:
     }
 
 
+def _gradient_factories(a, samples: int) -> dict:
+    """The gradient methods of the transformer demos (token inputs: at the embedding)."""
+    return {
+        "Saliency": lambda m: a.Saliency(m),
+        "SmoothGrad": lambda m: a.SmoothGrad(m, nb_samples=samples, seed=0),
+        "GradientInput": lambda m: a.GradientInput(m),
+        "IntegratedGradients": lambda m: a.IntegratedGradients(m, steps=samples),
+    }
+
+
+def _attention_factories(a) -> dict:
+    """The attention methods of the transformer demos, on the mean of tokens (the heads'
+    pooling)."""
+    return {
+        "AttentionRollout": lambda m: a.AttentionRollout(m, token="mean"),
+        "TransformerAttribution": lambda m: a.TransformerAttribution(m, token="mean"),
+    }
+
+
 def vit_method_factories(fast: bool = False) -> dict:
     """name -> ``callable(model)``: the methods the ViT demo runs (the CAMs on the last
     block's tokens, the attention methods on the mean of tokens, the head's pooling)."""
@@ -280,16 +299,12 @@ def vit_method_factories(fast: bool = False) -> dict:
 
     samples = 10 if fast else 25
     return {
-        "Saliency": lambda m: a.Saliency(m),
-        "SmoothGrad": lambda m: a.SmoothGrad(m, nb_samples=samples, seed=0),
-        "GradientInput": lambda m: a.GradientInput(m),
-        "IntegratedGradients": lambda m: a.IntegratedGradients(m, steps=samples),
+        **_gradient_factories(a, samples),
         "GradCAM": lambda m: a.GradCAM(m),
         "GradCAMPP": lambda m: a.GradCAMPP(m),
         "LayerCAM": lambda m: a.LayerCAM(m),
         "ScoreCAM": lambda m: a.ScoreCAM(m),
-        "AttentionRollout": lambda m: a.AttentionRollout(m, token="mean"),
-        "TransformerAttribution": lambda m: a.TransformerAttribution(m, token="mean"),
+        **_attention_factories(a),
         "Occlusion": lambda m: a.Occlusion(m, patch_size=VIT_PATCH, patch_stride=VIT_PATCH // 2),
         "Rise": lambda m: a.Rise(m, nb_samples=20 * samples, seed=0),
     }
@@ -305,14 +320,10 @@ def text_method_factories(fast: bool = False, mask_id: int = 0) -> dict:
 
     samples = 10 if fast else 25
     return {
-        "Saliency": lambda m: a.Saliency(m),
-        "SmoothGrad": lambda m: a.SmoothGrad(m, nb_samples=samples, seed=0),
-        "GradientInput": lambda m: a.GradientInput(m),
-        "IntegratedGradients": lambda m: a.IntegratedGradients(m, steps=samples),
+        **_gradient_factories(a, samples),
         "GradCAM": lambda m: a.GradCAM(m),
         "LayerCAM": lambda m: a.LayerCAM(m),
-        "AttentionRollout": lambda m: a.AttentionRollout(m, token="mean"),
-        "TransformerAttribution": lambda m: a.TransformerAttribution(m, token="mean"),
+        **_attention_factories(a),
         "Occlusion": lambda m: a.Occlusion(m, patch_size=1, occlusion_value=mask_id),
         "KernelShap": lambda m: a.KernelShap(m, nb_samples=8 * samples, ref_value=mask_id,
                                              seed=0),
