@@ -111,16 +111,23 @@ class BlackBoxExplainer(runner.Runner):
             always, 0 never, "auto" when the run has more than one batch (a Dataset's bar
             appears once its second batch is explained).
         """
+        return self._explain(inputs, targets, verbose)
+
+    def _explain(self, inputs, targets, verbose) -> tf.Tensor:
+        """:meth:`explain` (and ``__call__``), which warn of non-finite maps in the caller's
+        name."""
         maps = self._run(self._kernel, inputs, targets, verbose=verbose, maps=True)
         parts = tf.nest.flatten(maps)
-        if not all(data.read_finite(part) for part in parts):
+        if not all(data.read_finite(part) for part in parts):  # a sum: may overflow
             bad = tf.reduce_any(tf.stack([_nonfinite_rows(part) for part in parts]), axis=0)
-            self._warn_nonfinite(int(tf.reduce_sum(tf.cast(bad, tf.int32))), int(bad.shape[0]))
+            rows = int(tf.reduce_sum(tf.cast(bad, tf.int32)))
+            if rows:
+                self._warn_nonfinite(rows, int(bad.shape[0]), stacklevel=4)
         return maps
 
-    def _warn_nonfinite(self, rows: int, count: int | None) -> None:
+    def _warn_nonfinite(self, rows: int, count: int | None, stacklevel: int) -> None:
         """Maps are never silently NaN: say how many and why (they are returned as they are:
-        nothing computed is thrown away)."""
+        nothing computed is thrown away). ``stacklevel``: that of the user's call."""
         of = "" if count is None else f" of {count}"
         cause = "the model's scores or their gradients were NaN or Inf on these inputs" \
             if self._perturbed_by is None else (
@@ -128,11 +135,11 @@ class BlackBoxExplainer(runner.Runner):
                 "it cannot take, such as every token replaced by the padding id of a masked "
                 f"mean): perturb with another {self._perturbed_by}")
         warnings.warn(f"{type(self).__name__}: {rows}{of} maps hold NaN or Inf values: "
-                      f"{cause}.", RuntimeWarning, stacklevel=3)
+                      f"{cause}.", RuntimeWarning, stacklevel=stacklevel)
 
     def __call__(self, inputs: Any, targets: Any = None, verbose: str | int = "auto") -> tf.Tensor:
         """Same as :meth:`explain`."""
-        return self.explain(inputs, targets, verbose=verbose)
+        return self._explain(inputs, targets, verbose)
 
     def explain_to(
         self,
@@ -230,7 +237,7 @@ class BlackBoxExplainer(runner.Runner):
                 if pending is not None:
                     nonfinite += add(int(pending[0]), pending[1])
                 if nonfinite:
-                    self._warn_nonfinite(nonfinite, None)
+                    self._warn_nonfinite(nonfinite, None, stacklevel=3)
             writer.finish()
         return sink.MapStore(path) if chief else None
 

@@ -34,6 +34,16 @@ class _MetaExplainer(BlackBoxExplainer):
         self._explained = explainer._explained  # targets resolve on the wrapped output
         self._map_input = explainer._map_input
 
+    @property
+    def _rows_per_batch(self) -> int | None:
+        """The wrapped explainer's (the sampling family's ``batch_size=None``: one input)."""
+        return self.explainer._rows_per_batch
+
+    @property
+    def _perturbed_by(self) -> str | None:
+        """What the wrapped explainer perturbs with, for the non-finite maps warning."""
+        return self.explainer._perturbed_by
+
 
 class Smoothed(_MetaExplainer):
     """Runs any explainer on noisy copies of the inputs and averages the maps.

@@ -67,12 +67,20 @@ class SampledExplainer(BlackBoxExplainer):
         raise NotImplementedError
 
     # -- the loop ------------------------------------------------------------------------------
+    @property
+    def _rows_per_batch(self) -> int | None:
+        """``batch_size=None`` (xplique's "all at once", kept as ``None``): one input per
+        batch (one per replica under a strategy), every perturbed copy of it in one pass,
+        as xplique runs it: memory is bounded by the number of samples, not by the number
+        of inputs times it (all the inputs of an array in one batch would be)."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return self._strategy.num_replicas_in_sync if self._strategy else 1
+
     def _copies(self, inputs) -> tf.Tensor:
         """Perturbed copies of each input per forward pass (an int64 scalar, at least one):
-        as many as the runner's per-pass budget (``batch_size``) holds. ``batch_size=None``
-        (xplique's "all at once", kept as ``None``): every perturbed copy of one input per
-        pass, as xplique runs it (the batch is every input, so ``nb_samples / N`` copies of
-        each: a pass holds about ``max(N, nb_samples)`` inputs, not ``N * nb_samples``)."""
+        as many as the runner's per-pass budget (``batch_size``) holds; with
+        ``batch_size=None``, one input's samples (all of them: the batch is one input)."""
         batch = tf.shape(inputs, out_type=tf.int64)[0]
         total = self._evaluations(inputs)
         per_pass = total if self.batch_size is None else self._per_pass

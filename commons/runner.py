@@ -238,6 +238,12 @@ class Runner:
         self._output_shapes: dict[tuple, tuple] = {}
 
     @property
+    def _rows_per_batch(self) -> int | None:
+        """Inputs per batch handed to the kernel: ``batch_size`` (``None``: all at once: an
+        array in one batch, a Dataset in its own batches)."""
+        return self.batch_size
+
+    @property
     def _per_pass(self) -> int:
         """How many inputs (or perturbed copies) one forward pass may hold: ``batch_size``,
         or with ``batch_size=None`` as many as there are (all at once)."""
@@ -301,7 +307,7 @@ class Runner:
         batches = data.batches(
             inputs,
             targets,
-            batch_size=self.batch_size,
+            batch_size=self._rows_per_batch,
             model_input_shape=self._sample_input_shape(),
             input_structure=self._input_structure,
             output_shape=self._output_shape,

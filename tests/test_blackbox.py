@@ -399,3 +399,25 @@ def test_mistakes_are_named():
     with pytest.raises(ValueError, match=r"kernel_width: expected a width at the scale .* got "
                                          r"45.0. Scale kernel_width"):  # never zeros silently
         Lime(model, nb_samples=8)(IMAGES[:2] * 255, LABELS[:2])
+
+
+def test_batch_size_none_holds_one_inputs_samples_per_pass():
+    """xplique's "all at once" for this family: every sample of one input in a pass, never
+    every input at once (Lime's default: N x nb_samples copies would not fit for a real N),
+    also when a meta-explainer wraps it."""
+    largest = keras.Variable(0, dtype="int32", trainable=False)
+
+    class Largest(keras.layers.Layer):
+        def call(self, x):
+            largest.assign(keras.ops.maximum(largest, keras.ops.shape(x)[0]))
+            return x
+
+    inputs = keras.Input((12, 12, 3))
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Flatten()(Largest()(inputs))))
+    images = np.random.default_rng(1).random((50, 12, 12, 3)).astype("float32")
+    for explainer in (Lime(model, nb_samples=20, grid_size=3, seed=0),
+                      Smoothed(KernelShap(model, None, nb_samples=20, grid_size=3, seed=0),
+                               nb_samples=2, seed=0)):
+        largest.assign(0)
+        assert np.isfinite(explainer(images, np.arange(50) % 4, verbose=0).numpy()).all()
+        assert int(largest.numpy()) == 20, type(explainer).__name__

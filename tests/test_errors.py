@@ -2,6 +2,7 @@
 raised before any heavy work."""
 
 import re
+import warnings
 
 import keras
 import numpy as np
@@ -211,7 +212,21 @@ def test_nan_maps_are_returned_with_a_warning():
     inputs = keras.Input((3,))
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.ops.sqrt(inputs)))
     x = np.array([[1.0, 4.0, 0.0], [1.0, 2.0, 3.0]], "float32")
-    with pytest.warns(RuntimeWarning, match=r"Saliency: 1 of 2 maps hold NaN or Inf values: "
-                                            r"the model's scores or their gradients"):
-        maps = Saliency(model)(x, [0, 1]).numpy()
+    explainer = Saliency(model)
+    for call in (explainer, explainer.explain):  # in the caller's name, not the library's
+        with pytest.warns(RuntimeWarning, match=r"Saliency: 1 of 2 maps hold NaN or Inf "
+                                                r"values: the model's scores or their "
+                                                r"gradients") as record:
+            maps = call(x, [0, 1]).numpy()
+        assert record[0].filename == __file__
     assert not np.isfinite(maps[0]).all() and np.isfinite(maps[1]).all()
+
+
+def test_large_finite_maps_whose_sum_overflows_draw_no_warning():
+    model = keras.Sequential([keras.Input((300, 300, 1)), keras.layers.Flatten(),
+                              keras.layers.Dense(1, kernel_initializer=keras.initializers
+                                                 .Constant(1e36))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        maps = Saliency(model, operator="regression")(np.ones((2, 300, 300, 1), "float32"))
+    assert np.isfinite(maps.numpy()).all() and np.isinf(np.sum(maps.numpy(), dtype="float32"))

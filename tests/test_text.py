@@ -203,15 +203,19 @@ def test_maps_made_nan_by_a_reference_the_model_cannot_take_are_said(tmp_path):
     """A masked mean of no token is 0/0: KernelShap's empty coalition with the pad id as
     reference makes every score of it NaN. The maps come back as computed, with a warning
     naming the argument, from explain and from explain_to."""
-    from saliencekit.attributions import KernelShap
+    from saliencekit.attributions import KernelShap, Smoothed
 
     explainer = KernelShap(bag_of_embeddings(), nb_samples=16, ref_value=0.0, seed=0)
     with pytest.warns(RuntimeWarning, match=r"KernelShap: 3 of 3 maps hold NaN or Inf values: "
                       r"the model's scores were NaN .* another ref_value"):
         maps = explainer(IDS, TARGETS).numpy()
     assert np.isnan(maps).any(axis=1).all()
-    with pytest.warns(RuntimeWarning, match=r"KernelShap: 3 maps hold NaN .* ref_value"):
+    with pytest.warns(RuntimeWarning, match=r"KernelShap: 3 maps hold NaN .* ref_value") as \
+            record:
         explainer.explain_to(tmp_path / "maps", IDS, TARGETS)
+    assert record[0].filename == __file__
+    with pytest.warns(RuntimeWarning, match=r"Smoothed: 3 of 3 maps .* another ref_value"):
+        Smoothed(explainer, nb_samples=2, noise=0.0, seed=0)(IDS, TARGETS)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a [MASK] id the model can take: no warning
         assert np.isfinite(KernelShap(bag_of_embeddings(), nb_samples=16, ref_value=11.0,
