@@ -69,18 +69,20 @@ class SampledExplainer(BlackBoxExplainer):
     # -- the loop ------------------------------------------------------------------------------
     @property
     def _rows_per_batch(self) -> int | None:
-        """``batch_size=None`` (xplique's "all at once", kept as ``None``): one input per
-        batch (one per replica under a strategy), every perturbed copy of it in one pass,
-        as xplique runs it: memory is bounded by the number of samples, not by the number
-        of inputs times it (all the inputs of an array in one batch would be)."""
+        """``batch_size=None`` (xplique's "all at once", kept as ``None``): a pass holds
+        about one input's samples, as xplique runs it, never every input's: batches of
+        ``nb_samples`` (``nb_design``) inputs, each with its share of the copies per pass
+        (memory bounded by the number of samples, not by the number of inputs times it)."""
         if self.batch_size is not None:
             return self.batch_size
-        return self._strategy.num_replicas_in_sync if self._strategy else 1
+        replicas = self._strategy.num_replicas_in_sync if self._strategy else 1
+        samples = getattr(self, "nb_samples", None) or self.nb_design
+        return max(replicas, samples // replicas * replicas)
 
     def _copies(self, inputs) -> tf.Tensor:
         """Perturbed copies of each input per forward pass (an int64 scalar, at least one):
         as many as the runner's per-pass budget (``batch_size``) holds; with
-        ``batch_size=None``, one input's samples (all of them: the batch is one input)."""
+        ``batch_size=None``, one input's samples shared by the batch's inputs."""
         batch = tf.shape(inputs, out_type=tf.int64)[0]
         total = self._evaluations(inputs)
         per_pass = total if self.batch_size is None else self._per_pass
